@@ -1,0 +1,255 @@
+"""What both flow models share: LR padding, checkpoint checks, and comparing SR methods.
+
+A flow model evaluates several *methods* on every validation image: temperature sampling at
+each ``val.temperatures`` value (``tau0.9``) and, for the learned prior, ``prior``. Every method
+gets the same metrics, its own images, and a count of images with non-finite pixels (the
+exploding inverse), so a NaN image is counted, not a crash. Test runs also write a per-image CSV
+and a summary table (markdown and JSON) under ``results/<name>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import os.path as osp
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from torch import Tensor
+
+from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError
+
+DEFAULT_TEMPERATURES = (0.9,)
+
+
+def method_name(temperature: float) -> str:
+    """Name of temperature sampling at ``temperature`` in logs, tables and folders."""
+    return f'tau{float(temperature):g}'
+
+
+def pad_to_multiple(lq: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad the bottom/right of an LR batch so both sides are multiples of ``multiple``.
+
+    The SRFlow release does the same and crops the SR back (see :meth:`crop_to_lq`)."""
+    pad_h, pad_w = (-lq.shape[-2]) % multiple, (-lq.shape[-1]) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return lq
+    mode = 'reflect' if pad_h < lq.shape[-2] and pad_w < lq.shape[-1] else 'replicate'
+    return F.pad(lq, (0, pad_w, 0, pad_h), mode=mode)
+
+
+class FlowBaseModel(SRModel):
+    """Shared machinery of :class:`FlowSRModel` and :class:`FlowPriorModel` (not registered).
+
+    Subclasses define :meth:`evaluation_methods` and :meth:`predict`.
+    """
+
+    # ---------------------------------------------------------------- checkpoints
+    def _print_different_keys_loading(self, crt_net, load_net, strict=True):
+        # Say what is wrong in one line before BasicSR prints a wall of mismatched keys.
+        describe = getattr(crt_net, 'describe_checkpoint_mismatch', None)
+        if callable(describe):
+            message = describe(load_net)
+            if message:
+                raise CheckpointMismatchError(message)
+        super()._print_different_keys_loading(crt_net, load_net, strict)
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        try:
+            super().load_network(net, load_path, strict, param_key)
+        except KeyError as exc:
+            raise CheckpointMismatchError(
+                f'{load_path}: has no entry {exc} (it holds {_top_keys(load_path)}); set the matching '
+                "path.param_key_* option (use '~' for a raw state dict such as the official SRFlow files)"
+            ) from None
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(f'{load_path}: {exc}') from None
+
+    # ---------------------------------------------------------------- methods
+    def evaluation_methods(self) -> list[str]:
+        """Names of the SR methods compared in validation, primary first."""
+        raise NotImplementedError
+
+    def predict(self, lq: Tensor, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+        """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, no grad."""
+        raise NotImplementedError
+
+    def temperatures(self) -> list[float]:
+        val_opt = self.opt.get('val') or {}
+        return [float(t) for t in val_opt.get('temperatures', DEFAULT_TEMPERATURES)]
+
+    @property
+    def flow(self):
+        """The flow network (bare, unwrapped)."""
+        raise NotImplementedError
+
+    def _predict_cropped(self, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+        flow = self.flow
+        lq = pad_to_multiple(self.lq, flow.lr_multiple)
+        out_h, out_w = self.lq.shape[-2] * flow.scale, self.lq.shape[-1] * flow.scale
+        with torch.no_grad():
+            results = self.predict(lq, methods, generator)
+        return {name: sr[..., :out_h, :out_w] for name, sr in results.items()}
+
+    def test(self):
+        """BasicSR's hook: ``self.output`` = the primary method's SR."""
+        generator = self._validation_generator()
+        primary = self.evaluation_methods()[0]
+        self.output = self._predict_cropped([primary], generator)[primary]
+
+    def _validation_generator(self) -> torch.Generator:
+        seed = int((self.opt.get('val') or {}).get('seed', 0))
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    # ---------------------------------------------------------------- validation
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        logger = get_root_logger()
+        dataset_name = dataloader.dataset.opt['name']
+        val_opt = self.opt['val']
+        metrics_opt = val_opt.get('metrics') or {}
+        methods = self.evaluation_methods()
+        generator = self._validation_generator()
+        skipped: dict[str, str] = {}
+        rows: list[dict] = []
+
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            outputs = self._predict_cropped(methods, generator)
+            lq_img = tensor2img(self.lq.detach().cpu())
+            gt_img = tensor2img(self.gt.detach().cpu()) if hasattr(self, 'gt') else None
+            for method, sr in outputs.items():
+                finite = bool(torch.isfinite(sr).all())
+                # A non-finite image is scored as the user would see it: NaN/inf pixels black/white.
+                sr_img = tensor2img(torch.nan_to_num(sr.detach().cpu(), nan=0.0, posinf=1.0, neginf=0.0))
+                row = OrderedDict(image=img_name, method=method, finite=finite)
+                if gt_img is not None:
+                    data = dict(img=sr_img, img2=gt_img, lq=lq_img)
+                    for name, metric_opt in metrics_opt.items():
+                        row[name] = self._metric(name, metric_opt, data, skipped)
+                rows.append(row)
+                if save_img:
+                    imwrite(sr_img, self._image_path(dataset_name, img_name, method, current_iter))
+            if hasattr(self, 'gt'):
+                del self.gt
+            del self.lq
+
+        summary = summarize(rows, methods, list(metrics_opt))
+        self._record_metrics(summary, dataset_name, current_iter, metrics_opt, tb_logger)
+        logger.info(format_summary(summary, dataset_name, current_iter, skipped))
+        if not self.opt['is_train']:
+            self._write_test_tables(rows, summary, dataset_name, skipped)
+        self.validation_summary = summary
+
+    def _metric(self, name: str, metric_opt: dict, data: dict, skipped: dict[str, str]) -> float:
+        if name in skipped:
+            return math.nan
+        try:
+            return float(calculate_metric(data, metric_opt))
+        except MissingWeightsError as exc:  # e.g. LPIPS offline: report, do not crash
+            skipped[name] = str(exc)
+            get_root_logger().warning(f'metric {name} skipped: {exc}')
+            return math.nan
+
+    def _image_path(self, dataset_name: str, img_name: str, method: str, current_iter) -> str:
+        vis = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(vis, img_name, f'{img_name}_{method}_{current_iter}.png')
+        return osp.join(vis, dataset_name, method, f'{img_name}.png')
+
+    def _record_metrics(self, summary, dataset_name, current_iter, metrics_opt, tb_logger) -> None:
+        """BasicSR's best-metric bookkeeping (primary method) and tensorboard scalars (all)."""
+        primary = summary[0]
+        if metrics_opt:
+            self._initialize_best_metric_results(dataset_name)
+            self.metric_results = {name: primary[name] for name in metrics_opt}
+            for name, value in self.metric_results.items():
+                if not math.isnan(value):
+                    self._update_best_metric_result(dataset_name, name, value, current_iter)
+        if tb_logger:
+            for entry in summary:
+                for key, value in entry.items():
+                    if key not in ('method', 'images') and not (
+                        isinstance(value, float) and math.isnan(value)
+                    ):
+                        tb_logger.add_scalar(
+                            f'metrics/{dataset_name}/{entry["method"]}/{key}', value, current_iter
+                        )
+
+    def _write_test_tables(self, rows, summary, dataset_name, skipped) -> None:
+        root = self.opt['path']['results_root']
+        os.makedirs(root, exist_ok=True)
+        csv_path = osp.join(root, f'metrics_{dataset_name}.csv')
+        with open(csv_path, 'w', newline='') as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()) if rows else ['image'])
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(osp.join(root, f'summary_{dataset_name}.md'), 'w') as handle:
+            handle.write(format_summary(summary, dataset_name, None, skipped, markdown=True))
+        with open(osp.join(root, f'summary_{dataset_name}.json'), 'w') as handle:
+            json.dump(
+                {'dataset': dataset_name, 'methods': summary, 'skipped_metrics': skipped}, handle, indent=2
+            )
+        get_root_logger().info(f'Per-image metrics: {csv_path}; summary: summary_{dataset_name}.md')
+
+
+def summarize(rows: list[dict], methods: list[str], metric_names: list[str]) -> list[dict]:
+    """Mean of each metric per method, and the count of images with non-finite pixels."""
+    summary = []
+    for method in methods:
+        mine = [row for row in rows if row['method'] == method]
+        entry = OrderedDict(method=method, images=len(mine))
+        for name in metric_names:
+            values = [row[name] for row in mine if name in row and not math.isnan(row[name])]
+            entry[name] = float(np.mean(values)) if values else math.nan
+        entry['nonfinite'] = sum(not row['finite'] for row in mine)
+        summary.append(entry)
+    return summary
+
+
+def format_summary(
+    summary: list[dict], dataset_name: str, current_iter, skipped: dict[str, str], markdown: bool = False
+) -> str:
+    """The comparison table, as log text or markdown."""
+    if not summary:
+        return f'Validation {dataset_name}: no images'
+    columns = [key for key in summary[0] if key != 'method']
+    header = ['method', *columns]
+    lines = []
+    title = f'Validation {dataset_name}' + (f' @ iter {current_iter}' if current_iter is not None else '')
+    if markdown:
+        lines += [f'# {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    else:
+        lines += [title, '  ' + '  '.join(f'{h:>12}' for h in header)]
+    for entry in summary:
+        cells = [entry['method']] + [_fmt(entry[c]) for c in columns]
+        lines.append(
+            '| ' + ' | '.join(cells) + ' |' if markdown else '  ' + '  '.join(f'{c:>12}' for c in cells)
+        )
+    for name, reason in skipped.items():
+        lines.append(('' if not markdown else '\n') + f'{name} skipped: {reason}')
+    return '\n'.join(lines) + '\n'
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return 'n/a' if math.isnan(value) else f'{value:.4f}'
+    return str(value)
+
+
+def _top_keys(path: str) -> str:
+    try:
+        loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:  # noqa: BLE001  (only used to describe the file in an error message)
+        return 'an unreadable file'
+    if isinstance(loaded, dict):
+        keys = list(loaded)[:5]
+        return 'top-level keys ' + ', '.join(map(str, keys)) + (' ...' if len(loaded) > 5 else '')
+    return type(loaded).__name__

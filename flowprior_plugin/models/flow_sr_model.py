@@ -1,0 +1,121 @@
+"""Stage 1: train any flow SR network by likelihood (negative log-likelihood in bits per pixel)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import Tensor
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from flowprior_plugin.flow_protocol import check_flow_protocol
+from flowprior_plugin.models.flow_base import FlowBaseModel, method_name
+
+
+@MODEL_REGISTRY.register()
+class FlowSRModel(FlowBaseModel):
+    """Likelihood training of a flow SR network (``network_g``) that implements the flow protocol.
+
+    Options beyond BasicSR's SRModel:
+        train.nll_weight (float): Weight of the NLL loss. Default: 1.
+        val.temperatures (list[float]): Temperatures decoded in validation. Default: [0.9].
+        val.seed (int): Seed of the validation sampling. Default: 0.
+
+    The flow's data-dependent initialisation (ActNorm) runs on the first training batch, before
+    the network is wrapped for multi-GPU training, so every rank starts from rank 0's network.
+    Dequantisation follows the flow's release (``nll(..., dequantize=True)``).
+    """
+
+    def __init__(self, opt):
+        self._defer_ddp = bool(opt.get('dist')) and opt.get('is_train', False)
+        super().__init__(opt)
+        check_flow_protocol(self.get_bare_model(self.net_g), 'network_g')
+
+    @property
+    def flow(self):
+        return self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
+
+    def model_to_device(self, net):
+        # Multi-GPU: wrap after the first batch has initialised ActNorm (see _first_batch).
+        if self._defer_ddp:
+            return net.to(self.device)
+        return super().model_to_device(net)
+
+    def init_training_settings(self):
+        self.net_g.train()
+        train_opt = self.opt['train']
+        self.ema_decay = train_opt.get('ema_decay', 0)
+        if self.ema_decay > 0:
+            from basicsr.archs import build_network
+
+            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+            load_path = self.opt['path'].get('pretrain_network_g')
+            if load_path is not None:
+                strict = self.opt['path'].get('strict_load_g', True)
+                self.load_network(self.net_g_ema, load_path, strict, 'params_ema')
+            else:
+                self.model_ema(0)
+            self.net_g_ema.eval()
+        self.nll_weight = float(train_opt.get('nll_weight', 1.0))
+        self._first_batch_done = False
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    def _first_batch(self) -> None:
+        bare = self.get_bare_model(self.net_g)
+        if bare.initialize_from_batch(self.lq, self.gt):
+            get_root_logger().info('Flow data-dependent initialisation (ActNorm) done on the first batch.')
+            if hasattr(self, 'net_g_ema'):
+                self.model_ema(0)
+        if self._defer_ddp:
+            if torch.distributed.is_initialized():
+                # DDP's constructor also broadcasts rank 0's state; doing it here keeps that explicit.
+                for tensor in list(bare.parameters()) + list(bare.buffers()):
+                    torch.distributed.broadcast(tensor.data, src=0)
+            find_unused = self.opt.get('find_unused_parameters', False)
+            self.net_g = DistributedDataParallel(
+                bare, device_ids=[torch.cuda.current_device()], find_unused_parameters=find_unused
+            )
+            self._defer_ddp = False
+        elif self.opt['num_gpu'] > 1 and not isinstance(self.net_g, DataParallel):
+            self.net_g = DataParallel(bare)
+        self._first_batch_done = True
+
+    def optimize_parameters(self, current_iter):
+        if not self._first_batch_done:
+            self._first_batch()
+        self.optimizer_g.zero_grad()
+        # Call through the (possibly DDP-wrapped) module: forward(lq, gt) is the flow's nll.
+        nll = self.net_g(self.lq, self.gt, dequantize=True).mean()
+        loss_dict = OrderedDict(l_nll=nll.detach())
+        if torch.isfinite(nll):
+            (self.nll_weight * nll).backward()
+            self.optimizer_g.step()
+        else:
+            get_root_logger().warning(f'iter {current_iter}: non-finite NLL, step skipped')
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluation_methods(self) -> list[str]:
+        return [method_name(t) for t in self.temperatures()]
+
+    def predict(self, lq: Tensor, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+        flow = self.flow
+        was_training = flow.training
+        flow.eval()
+        try:
+            cond = flow.condition(lq)
+            by_name = {method_name(t): t for t in self.temperatures()}
+            return {
+                name: flow.decode(
+                    lq, flow.sample_latents(lq, by_name[name], generator=generator, cond=cond), cond=cond
+                )
+                for name in methods
+            }
+        finally:
+            flow.train(was_training)
