@@ -28,8 +28,7 @@ def _resume_map_location(opt: dict):
 
 def load_resume_state(opt: dict):
     """Drop-in replacement for ``basicsr.train.load_resume_state`` that works without CUDA."""
-    from basicsr.utils import scandir
-    from basicsr.utils.options import check_resume
+    from basicsr.utils import check_resume, scandir
 
     resume_state_path = None
     if opt['auto_resume']:

@@ -43,3 +43,39 @@ def golden_weights(reference_dir):
 def _fixed_seed():
     torch.manual_seed(0)
     yield
+
+
+def write_paired_images(root: Path, count: int, hr_size: tuple[int, int], scale: int, seed: int = 0) -> Path:
+    """Write ``count`` smooth random HR images and their MATLAB-bicubic LR into BasicSR's
+    paired-folder layout (``root/hr``, ``root/lr``). Returns ``root``."""
+    import cv2
+    import numpy as np
+    from basicsr.utils.matlab_functions import imresize
+
+    rng = np.random.default_rng(seed)
+    (root / 'hr').mkdir(parents=True, exist_ok=True)
+    (root / 'lr').mkdir(parents=True, exist_ok=True)
+    h, w = hr_size
+    for i in range(count):
+        coarse = rng.random((h // 4 + 1, w // 4 + 1, 3)).astype(np.float32)
+        hr = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+        lr = imresize(hr, 1 / scale).clip(0, 1)
+        name = f'img{i:03d}.png'
+        cv2.imwrite(str(root / 'hr' / name), (hr * 255).round().astype(np.uint8))
+        cv2.imwrite(str(root / 'lr' / name), (lr * 255).round().astype(np.uint8))
+    return root
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600):
+    """Run ``python -m flowprior_plugin ARGS`` (the ``basicsr`` command) in ``cwd``."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    return subprocess.run(
+        [sys.executable, '-m', 'flowprior_plugin', *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

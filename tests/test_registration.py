@@ -1,0 +1,82 @@
+"""``import flowprior_plugin`` registers everything, twice is harmless, no name collides."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+
+from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+from flowprior_plugin import torchvision_compat
+
+OURS = {
+    'arch': ['SRFlowNet', 'LatentPriorNet'],
+    'model': ['FlowSRModel', 'FlowPriorModel'],
+    'loss': ['LatentL1Loss', 'VGGPerceptualLoss'],
+    'metric': ['calculate_lpips', 'calculate_lr_psnr'],
+}
+# What Real-ESRGAN, the plugin most often installed beside ours, registers in the same registries.
+REAL_ESRGAN = ['RealESRGANModel', 'RealESRNetModel', 'RealESRGANDataset', 'RealESRGANPairedDataset', 'SRVGGNetCompact']
+
+
+def _basicsr_only_names() -> dict[str, list[str]]:
+    """Registry contents of BasicSR alone, in a fresh interpreter without our plugin."""
+    code = (
+        'import json, sys, importlib.util\n'
+        f'spec = importlib.util.spec_from_file_location("compat", {torchvision_compat.__file__!r})\n'
+        'compat = importlib.util.module_from_spec(spec); spec.loader.exec_module(compat)\n'
+        'compat.install_functional_tensor_stand_in()\n'
+        'import basicsr\n'
+        "assert 'flowprior_plugin.archs' not in sys.modules\n"
+        'from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY, '
+        'DATASET_REGISTRY\n'
+        'print(json.dumps({r._name: sorted(r.keys()) for r in '
+        '[ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY, DATASET_REGISTRY]}))\n'
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_everything_registered():
+    registries = {'arch': ARCH_REGISTRY, 'model': MODEL_REGISTRY, 'loss': LOSS_REGISTRY, 'metric': METRIC_REGISTRY}
+    for kind, names in OURS.items():
+        for name in names:
+            assert name in registries[kind], f'{name} is not in the {kind} registry'
+
+
+def test_no_collision_with_basicsr_or_real_esrgan():
+    basicsr_names = _basicsr_only_names()
+    for kind, names in OURS.items():
+        clash = set(names) & (set(basicsr_names[kind]) | set(REAL_ESRGAN))
+        assert not clash, f'{kind} names shared with BasicSR/Real-ESRGAN: {clash}'
+
+
+def test_importing_twice_and_reimporting_modules_is_harmless():
+    import flowprior_plugin
+
+    again = importlib.import_module('flowprior_plugin')
+    assert again is flowprior_plugin
+    # Registering the plugin's modules a second time (a second plugin importing them) is a no-op.
+    importlib.import_module('flowprior_plugin.archs')
+    importlib.import_module('flowprior_plugin.models')
+
+
+def test_fresh_interpreter_imports_plugin_and_basicsr_train():
+    code = 'import flowprior_plugin\nfrom basicsr.train import train_pipeline\nprint("ok")'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
+
+
+def test_stand_in_only_when_module_missing(monkeypatch):
+    import torchvision
+
+    monkeypatch.delitem(sys.modules, torchvision_compat.LEGACY_MODULE, raising=False)
+    monkeypatch.setattr(torchvision_compat.importlib.util, 'find_spec', lambda name: object())
+    assert torchvision_compat.install_functional_tensor_stand_in() is False  # "real" module present
+    assert torchvision_compat.LEGACY_MODULE not in sys.modules
+    monkeypatch.undo()
+    if not hasattr(torchvision.transforms, 'functional_tensor'):
+        stand_in = sys.modules[torchvision_compat.LEGACY_MODULE]
+        assert stand_in.rgb_to_grayscale is torchvision.transforms.functional.rgb_to_grayscale
