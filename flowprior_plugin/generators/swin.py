@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock
 from torch import Tensor, nn
 
 from flowprior_plugin.generators import GENERATOR_REGISTRY
@@ -55,6 +54,9 @@ class SwinT(nn.Module):
         drop_path_rate: float = 0.1,
         head_channels: Sequence[int] = (96, 48),
     ) -> None:
+        # Imported here: timm adds a third of a second to ``import flowprior_plugin`` otherwise.
+        from timm.models.swin_transformer import SwinTransformerBlock
+
         super().__init__()
         depths, num_heads, head_channels = list(depths), list(num_heads), list(head_channels)
         if len(depths) != len(num_heads):
@@ -101,9 +103,7 @@ class SwinT(nn.Module):
         self.head = nn.Sequential(*head)
 
     @classmethod
-    def default_out_channels(
-        cls, embed_dim: int = 192, head_channels: Sequence[int] = (96, 48), **_: object
-    ) -> int:
+    def default_out_channels(cls, embed_dim: int = 192, head_channels: Sequence[int] = (96, 48), **_: object) -> int:
         """Output width when the caller lets the generator choose: the last head width."""
         return list(head_channels)[-1] if len(head_channels) else embed_dim
 
