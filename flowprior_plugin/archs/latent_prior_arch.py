@@ -1,0 +1,389 @@
+"""The learned prior's latent module: predicts a flow's latents from the LR image and z0.
+
+One independent branch per latent level (Tsao et al., CVPR 2024): a prior encoder for the
+level's initial latent z0, optionally an LR encoder for the LR image resized to the level's grid,
+a latent generator fusing the two, and a 1x1 conv head back to the level's channels.
+
+The authors' released SRFlow-LP checkpoint (``{'prior_model': {'name': 'unet', 'args': ...,
+'sd': state_dict}}``) is this network with ``lr_encoder: false`` and a depth-3, width-64 UNet.
+:func:`convert_srflow_lp_state_dict` renames its keys to ours, and
+:meth:`LatentPriorNet.load_state_dict` recognises that layout and converts it on the fly, so
+BasicSR's ``load_network`` reads the file directly with ``param_key_g: prior_model``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import Tensor, nn
+
+from flowprior_plugin.errors import CheckpointMismatchError, OptionError
+from flowprior_plugin.generators import build_generator, generator_default_out_channels
+from flowprior_plugin.layers.dense_block import DenseBlock5
+
+DEFAULT_GENERATOR = {'type': 'UNet', 'depth': 3, 'width': 64}
+
+# Released SRFlow-LP key -> our key. Pure prefix renames: the blocks themselves are laid out alike.
+_RELEASE_TO_OURS = (
+    (re.compile(r'^input_proj(\d+)\.(conv[1-5]\.(?:weight|bias))$'), r'levels.\1.prior_encoder.\2'),
+    (re.compile(r'^inc(\d+)\.double_conv\.(.+)$'), r'levels.\1.generator.stem.\2'),
+    (
+        re.compile(r'^down_layers(\d+)\.(\d+)\.maxpool_conv\.1\.double_conv\.(.+)$'),
+        r'levels.\1.generator.downs.\2.conv.\3',
+    ),
+    (re.compile(r'^up_layers(\d+)\.(\d+)\.conv\.double_conv\.(.+)$'), r'levels.\1.generator.ups.\2.conv.\3'),
+    (re.compile(r'^outc(\d+)\.conv\.(weight|bias)$'), r'levels.\1.head.\2'),
+)
+_OURS_TO_RELEASE = (
+    (re.compile(r'^levels\.(\d+)\.prior_encoder\.(conv[1-5]\.(?:weight|bias))$'), r'input_proj\1.\2'),
+    (re.compile(r'^levels\.(\d+)\.generator\.stem\.(.+)$'), r'inc\1.double_conv.\2'),
+    (
+        re.compile(r'^levels\.(\d+)\.generator\.downs\.(\d+)\.conv\.(.+)$'),
+        r'down_layers\1.\2.maxpool_conv.1.double_conv.\3',
+    ),
+    (re.compile(r'^levels\.(\d+)\.generator\.ups\.(\d+)\.conv\.(.+)$'), r'up_layers\1.\2.conv.double_conv.\3'),
+    (re.compile(r'^levels\.(\d+)\.head\.(weight|bias)$'), r'outc\1.conv.\2'),
+)
+_RELEASE_KEY = re.compile(r'^(?:module\.)?input_proj\d+\.conv1\.weight$')
+
+
+def _rename(keys: Mapping[str, Any], rules: Sequence[tuple[re.Pattern, str]], what: str) -> OrderedDict:
+    out = OrderedDict()
+    unknown = []
+    for key, value in keys.items():
+        for pattern, repl in rules:
+            if pattern.match(key):
+                out[pattern.sub(repl, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointMismatchError(
+            f'{what}: {len(unknown)} key(s) have no counterpart, e.g. {", ".join(unknown[:3])}'
+        )
+    return out
+
+
+def is_srflow_lp_release(obj: Any) -> bool:
+    """Whether ``obj`` is the authors' SRFlow-LP checkpoint or a part of it.
+
+    Recognised: the whole file (``{'prior_model': {...}}``), its inner ``{'name', 'args', 'sd'}``
+    dict, or the bare released state dict (keys such as ``input_proj0.conv1.weight``).
+    """
+    if not isinstance(obj, Mapping):
+        return False
+    if isinstance(obj.get('prior_model'), Mapping) and 'sd' in obj['prior_model']:
+        return True
+    if isinstance(obj.get('sd'), Mapping):
+        return True
+    return any(isinstance(k, str) and _RELEASE_KEY.match(k) for k in obj)
+
+
+def _unwrap_release(released: Mapping) -> tuple[Mapping[str, Tensor], dict]:
+    """(bare state dict, header dict with 'name' and 'args' where the file has them)."""
+    header: dict = {}
+    if isinstance(released.get('prior_model'), Mapping):
+        released = released['prior_model']
+    if isinstance(released.get('sd'), Mapping):
+        header = {k: v for k, v in released.items() if k != 'sd'}
+        released = released['sd']
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in released.items()}, header
+
+
+def convert_srflow_lp_state_dict(released: Mapping) -> OrderedDict:
+    """Rename the authors' released SRFlow-LP weights to :class:`LatentPriorNet` keys.
+
+    The result loads into ``LatentPriorNet(latent_channels=[...], lr_encoder=False,
+    generator={'type': 'UNet', 'depth': d, 'width': w})`` with the file's channels, depth and
+    width (the release: [6, 96], 3, 64; ``prior_features`` equals the width).
+
+    Args:
+        released: The whole loaded file (``{'prior_model': {'name', 'args', 'sd'}}``), the inner
+            ``prior_model`` dict, or the bare state dict. Not modified.
+
+    Returns:
+        Our state dict (same tensors, new keys, release order kept).
+
+    Raises:
+        CheckpointMismatchError: The file is not a bilinear UNet SRFlow-LP module, or holds keys
+            this conversion does not know.
+    """
+    if not is_srflow_lp_release(released):
+        raise CheckpointMismatchError(
+            'not an SRFlow-LP checkpoint: expected {"prior_model": {"name", "args", "sd"}} or keys like '
+            'input_proj0.conv1.weight'
+        )
+    sd, header = _unwrap_release(released)
+    name = header.get('name', 'unet')
+    args = header.get('args') or {}
+    if name != 'unet':
+        raise CheckpointMismatchError(
+            f'the SRFlow-LP checkpoint holds a {name!r} latent module; only the released "unet" is supported'
+        )
+    if isinstance(args, Mapping) and args.get('bilinear', True) is False:
+        raise CheckpointMismatchError(
+            'the SRFlow-LP checkpoint holds a UNet with transposed-conv upsampling (bilinear: False); '
+            'only the released bilinear UNet is supported'
+        )
+    return _rename(sd, _RELEASE_TO_OURS, 'SRFlow-LP checkpoint')
+
+
+def to_srflow_lp_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict:
+    """Rename :class:`LatentPriorNet` weights (``lr_encoder: false``, UNet) to the released keys.
+
+    The inverse of :func:`convert_srflow_lp_state_dict`, for tools that read the authors' format.
+
+    Raises:
+        CheckpointMismatchError: The weights have parts the release cannot hold (an LR encoder,
+            a generator other than UNet, a UNet output projection).
+    """
+    return _rename(state_dict, _OURS_TO_RELEASE, 'LatentPriorNet weights in the SRFlow-LP layout')
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, Tensor) else None
+
+
+def _level_indices(state_dict: Mapping[str, Any]) -> list[int]:
+    found = {int(m.group(1)) for k in state_dict if (m := re.match(r'levels\.(\d+)\.head\.weight$', str(k)))}
+    return sorted(found)
+
+
+def _level_channels(state_dict: Mapping[str, Any]) -> list[int | None]:
+    shapes = [_shape(state_dict[f'levels.{i}.head.weight']) for i in _level_indices(state_dict)]
+    return [s[0] if s else None for s in shapes]
+
+
+def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
+    """One line saying what a :class:`LatentPriorNet` state dict holds (for error messages)."""
+    levels = _level_indices(state_dict)
+    if not levels:
+        some = ', '.join(str(k) for k in list(state_dict)[:3])
+        return f'no LatentPriorNet weights (keys like {some})'
+
+    def first_dim(key: str) -> str:
+        shape = _shape(state_dict.get(key))
+        return str(shape[0]) if shape else '?'
+
+    channels = [first_dim(f'levels.{i}.head.weight') for i in levels]
+    parts = [f'{len(levels)} latent level(s) with channels [{", ".join(channels)}]']
+    parts.append(f'prior features {first_dim("levels.0.prior_encoder.conv5.weight")}')
+    if any(str(k).startswith('levels.0.lr_encoder.') for k in state_dict):
+        parts.append(f'LR encoder on ({first_dim("levels.0.lr_encoder.2.conv5.weight")} features)')
+    else:
+        parts.append('LR encoder off')
+    gen = [str(k)[len('levels.0.generator.') :] for k in state_dict if str(k).startswith('levels.0.generator.')]
+    if any(k.startswith('stem.') for k in gen):
+        depth = len({k.split('.')[1] for k in gen if k.startswith('downs.')})
+        parts.append(f'generator UNet (depth {depth}, width {first_dim("levels.0.generator.stem.0.weight")})')
+    elif any(k.startswith('stages.') for k in gen):
+        blocks = len({'.'.join(k.split('.')[1:3]) for k in gen if k.startswith('stages.')})
+        parts.append(f'generator SwinT ({blocks} blocks, embed_dim {first_dim("levels.0.generator.norm.weight")})')
+    elif any(k.startswith('blocks.') for k in gen):
+        blocks = len({k.split('.')[1] for k in gen if k.startswith('blocks.')})
+        parts.append(f'generator EDSRBaseline ({blocks} blocks)')
+    else:
+        parts.append('an unrecognised generator')
+    return ', '.join(parts)
+
+
+class _LevelBranch(nn.Module):
+    """Encoders, generator and head of one latent level."""
+
+    def __init__(
+        self,
+        channels: int,
+        generator: dict,
+        generator_out: int,
+        prior_features: int,
+        lr_encoder: bool,
+        lr_features: int,
+        in_nc: int,
+        level: int,
+    ) -> None:
+        super().__init__()
+        self.prior_encoder = DenseBlock5(channels, prior_features, growth=prior_features)
+        if lr_encoder:
+            # As the authors' LINF-LP LR encoder: conv to the level's width, then a dense block.
+            self.lr_encoder = nn.Sequential(
+                nn.Conv2d(in_nc, channels, 3, padding=1),
+                nn.LeakyReLU(0.2, inplace=True),
+                DenseBlock5(channels, lr_features, growth=lr_features),
+            )
+        else:
+            self.lr_encoder = None
+        fused = prior_features + (lr_features if lr_encoder else 0)
+        self.generator = build_generator(generator, fused, generator_out, option_name=f'generator (level {level})')
+        self.head = nn.Conv2d(generator_out, channels, 1)
+
+    def forward(self, lq: Tensor | None, z: Tensor) -> Tensor:
+        features = self.prior_encoder(z)
+        if self.lr_encoder is not None:
+            # align_corners False: the LR and latent grids cover the same image area.
+            lr = F.interpolate(lq, size=z.shape[-2:], mode='bilinear', align_corners=False)
+            features = torch.cat([features, self.lr_encoder(lr)], dim=1)
+        return self.head(self.generator(features))
+
+
+@ARCH_REGISTRY.register()
+class LatentPriorNet(nn.Module):
+    """The learned prior's latent module G: z_hat = G(lq, z0), one branch per latent level.
+
+    Each level i: ``levels.{i}.prior_encoder`` (dense block, C_i -> ``prior_features``);
+    ``levels.{i}.lr_encoder`` when enabled (the LR bilinearly resized to the level's grid ->
+    3x3 conv to C_i -> LeakyReLU 0.2 -> dense block -> ``lr_features``); the concatenated
+    features go through ``levels.{i}.generator``, then ``levels.{i}.head`` (1x1 conv) back to C_i.
+
+    Args:
+        latent_channels (list[int]): Channels of each latent level, in the flow's latent order.
+            The model fills it in from the flow's ``latent_channels()``; required when the
+            network is built by hand (SRFlow 4X: [6, 96]).
+        generator (dict): ``type`` names a registered generator (UNet, EDSRBaseline, SwinT), the
+            other keys are its options; an optional ``out_channels`` sets the generator's output
+            width (otherwise the generator's own choice, e.g. the UNet's width).
+            Default: {'type': 'UNet', 'depth': 3, 'width': 64}.
+        prior_features (int): Output (and growth) width of each prior encoder. Default: 64.
+        lr_encoder (bool): Add the LR-image encoder. The released SRFlow-LP has none (set
+            ``false`` to load it). Default: True.
+        lr_features (int): Output (and growth) width of each LR encoder. Default: 64.
+        in_nc (int): Channels of the LR image. Default: 3.
+    """
+
+    def __init__(
+        self,
+        latent_channels: Sequence[int] | None = None,
+        generator: dict | None = None,
+        prior_features: int = 64,
+        lr_encoder: bool = True,
+        lr_features: int = 64,
+        in_nc: int = 3,
+    ) -> None:
+        super().__init__()
+        if not latent_channels:
+            raise OptionError(
+                'LatentPriorNet: latent_channels is missing or empty. The learned-prior model fills it '
+                "in from the flow's latent_channels(); when building the network yourself pass the "
+                'channels of each latent level, e.g. latent_channels: [6, 96] for SRFlow 4X'
+            )
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in latent_channels):
+            raise OptionError(f'LatentPriorNet: latent_channels must be positive integers, got {list(latent_channels)}')
+        for name, value in (('prior_features', prior_features), ('lr_features', lr_features), ('in_nc', in_nc)):
+            if not isinstance(value, int) or value < 1:
+                raise OptionError(f'LatentPriorNet: {name} must be a positive integer, got {value!r}')
+        gen_opt = dict(DEFAULT_GENERATOR if generator is None else generator)
+        generator_out = gen_opt.pop('out_channels', None)
+        if generator_out is None:
+            generator_out = generator_default_out_channels(gen_opt)
+        self.latent_channels = list(latent_channels)
+        self.use_lr_encoder = bool(lr_encoder)
+        self.in_nc = in_nc
+        self.levels = nn.ModuleList(
+            _LevelBranch(c, gen_opt, generator_out, prior_features, self.use_lr_encoder, lr_features, in_nc, i)
+            for i, c in enumerate(self.latent_channels)
+        )
+
+    def _check_inputs(self, lq: Tensor | None, z0: Sequence[Tensor]) -> None:
+        if not isinstance(z0, (list, tuple)):
+            raise ValueError(f'LatentPriorNet expects z0 as a list of latent tensors, got {type(z0).__name__}')
+        if len(z0) != len(self.levels):
+            raise ValueError(
+                f'LatentPriorNet was built for {len(self.levels)} latent level(s) with channels '
+                f'{self.latent_channels}, but got {len(z0)} level(s)'
+            )
+        for i, (z, c) in enumerate(zip(z0, self.latent_channels)):
+            if not isinstance(z, Tensor) or z.dim() != 4:
+                got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise ValueError(f'latent level {i}: expected a (B, {c}, H, W) tensor, got {got}')
+            if z.shape[1] != c:
+                raise ValueError(f'latent level {i}: expected {c} channels, got {z.shape[1]} (shape {tuple(z.shape)})')
+            if z.shape[0] != z0[0].shape[0]:
+                raise ValueError(f'latent level {i}: batch size {z.shape[0]} differs from level 0 ({z0[0].shape[0]})')
+        if self.use_lr_encoder:
+            if not isinstance(lq, Tensor) or lq.dim() != 4:
+                got = tuple(lq.shape) if isinstance(lq, Tensor) else type(lq).__name__
+                raise ValueError(
+                    f'LatentPriorNet with lr_encoder: expected the LR image (B, {self.in_nc}, h, w), got {got}'
+                )
+            if lq.shape[1] != self.in_nc or lq.shape[0] != z0[0].shape[0]:
+                raise ValueError(f'LR image: expected (B={z0[0].shape[0]}, {self.in_nc}, h, w), got {tuple(lq.shape)}')
+
+    def forward(self, lq: Tensor | None, z0: Sequence[Tensor]) -> list[Tensor]:
+        """Predict the latents.
+
+        Args:
+            lq: The LR image (B, in_nc, h, w). Unused (may be None) with ``lr_encoder: false``.
+            z0: The initial prior, one (B, C_i, H_i, W_i) tensor per level.
+
+        Returns:
+            The predicted latents, same shapes as ``z0``.
+
+        Raises:
+            ValueError: Wrong number of levels, channels, batch sizes, or a missing LR image.
+        """
+        self._check_inputs(lq, z0)
+        return [branch(lq, z) for branch, z in zip(self.levels, z0)]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load our own weights or the authors' released SRFlow-LP checkpoint.
+
+        The released layout (the whole file, its ``prior_model`` dict as BasicSR's
+        ``load_network`` hands it over with ``param_key_g: prior_model``, or its bare state
+        dict) is converted with :func:`convert_srflow_lp_state_dict` first.
+
+        Args:
+            state_dict: Weights in either layout.
+            strict: As ``nn.Module.load_state_dict``; keys missing from the file (e.g. an LR
+                encoder to train from scratch) are only accepted when False. Differently shaped
+                tensors are never accepted.
+            assign: As ``nn.Module.load_state_dict``.
+
+        Raises:
+            CheckpointMismatchError: The file holds a different architecture from the one the
+                options build (one message: what the file holds, what the options build, and
+                which option to change).
+        """
+        source = 'the checkpoint'
+        if is_srflow_lp_release(state_dict):
+            state_dict = convert_srflow_lp_state_dict(state_dict)
+            source = "the authors' SRFlow-LP checkpoint"
+        self._check_compatible(state_dict, strict, source)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _check_compatible(self, state_dict: Mapping[str, Any], strict: bool, source: str) -> None:
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        reshaped = [k for k in own if k in state_dict and _shape(state_dict[k]) not in (None, tuple(own[k].shape))]
+        if not reshaped and not (strict and (missing or unexpected)):
+            return
+        file_desc, net_desc = describe_state_dict(state_dict), describe_state_dict(own)
+        detail = []
+        if missing:
+            detail.append(f'{len(missing)} missing (e.g. {missing[0]})')
+        if unexpected:
+            detail.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
+        if reshaped:
+            k = reshaped[0]
+            detail.append(
+                f'{len(reshaped)} with other shapes (e.g. {k}: file {_shape(state_dict[k])}, net {tuple(own[k].shape)})'
+            )
+        hints = []
+        file_lr = any(str(k).startswith('levels.0.lr_encoder.') for k in state_dict)
+        if self.use_lr_encoder and not file_lr:
+            hints.append('set lr_encoder: false in the network options (the file has no LR encoder)')
+        elif file_lr and not self.use_lr_encoder:
+            hints.append('set lr_encoder: true in the network options (the file has an LR encoder)')
+        if _level_channels(state_dict) != _level_channels(own):
+            hints.append('use the flow these weights were trained with (the latent channels come from the flow)')
+        if not hints:
+            hints.append('make prior_features, lr_features and generator match the file')
+        raise CheckpointMismatchError(
+            f'{source} holds {file_desc}; the options build {net_desc}. Keys: {"; ".join(detail)}. '
+            f'To fix: {"; ".join(hints)}.'
+        )
