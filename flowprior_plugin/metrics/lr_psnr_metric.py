@@ -98,10 +98,7 @@ def calculate_lr_psnr(
     # but a mismatch here would make calculate_psnr fail with a bare assertion, so say it plainly.
     if sr_down.shape != lr.shape:
         raise ValueError(
-            f'calculate_lr_psnr: downscaling SR {sr.shape} by {scale} gave {sr_down.shape}, '
-            f'not the LR shape {lr.shape}'
+            f'calculate_lr_psnr: downscaling SR {sr.shape} by {scale} gave {sr_down.shape}, not the LR shape {lr.shape}'
         )
     # Both images are HWC now, so the PSNR is taken with input_order 'HWC'.
-    return float(
-        calculate_psnr(sr_down, lr, crop_border=crop_border, input_order='HWC', test_y_channel=test_y_channel)
-    )
+    return float(calculate_psnr(sr_down, lr, crop_border=crop_border, input_order='HWC', test_y_channel=test_y_channel))
