@@ -1,0 +1,342 @@
+"""LPIPS (Zhang et al. 2018) as a BasicSR metric, with explicit behaviour when weights are offline.
+
+BasicSR never merged an LPIPS metric; the learned-prior paper reports LPIPS with the AlexNet
+backbone on images in [-1, 1]. The ``lpips`` package ships only its small linear heads; the
+backbone (torchvision's ImageNet AlexNet / VGG16 / SqueezeNet) is downloaded by torchvision into
+the torch hub cache on first use. This module offers three explicit routes:
+
+- default: the real ``lpips`` route; the backbone comes from the torch hub cache, or is downloaded
+  there (users with internet). If it is absent and the download fails, ``MissingWeightsError``
+  says which file to put where.
+- ``weights_path``: a local torchvision backbone file (e.g. ``alexnet-owt-7be5be79.pth``), loaded
+  into the backbone; the linear heads still come from the ``lpips`` package. No network.
+- ``random_backbone_for_tests``: a randomly initialised backbone (deterministic seed); for tests
+  only, the score is meaningless and a warning is logged. Never the default.
+
+Networks are cached per (net, weights source, device) in ``_NETWORK_CACHE`` so that validation does
+not rebuild one per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from basicsr.metrics.metric_util import reorder_image
+from basicsr.utils.registry import METRIC_REGISTRY
+
+from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
+
+# A child of BasicSR's logger, so warnings land in BasicSR's log file during training without
+# initialising that logger here (get_root_logger would freeze it before BasicSR adds its file).
+logger = logging.getLogger(f'basicsr.{__name__}')
+
+# lpips' name for the backbone -> torchvision's builder name. lpips asks torchvision for
+# ``<builder>(pretrained=True)``, which torchvision maps to the IMAGENET1K_V1 weights.
+_TORCHVISION_BUILDERS = {'alex': 'alexnet', 'vgg': 'vgg16', 'vgg16': 'vgg16', 'squeeze': 'squeezenet1_1'}
+
+# Seed for the random backbone: a fixed seed makes test scores reproducible, and building it inside
+# fork_rng leaves the caller's random stream (e.g. a training run) untouched.
+_RANDOM_BACKBONE_SEED = 0
+
+_NETWORK_CACHE: dict[tuple[str, str, str], torch.nn.Module] = {}
+
+
+def _check_net(net: str) -> str:
+    if net not in _TORCHVISION_BUILDERS:
+        raise OptionError(f'LPIPS net must be one of {sorted(_TORCHVISION_BUILDERS)}, got {net!r}')
+    return _TORCHVISION_BUILDERS[net]
+
+
+def backbone_weights_url(net: str = 'alex') -> str:
+    """The URL torchvision downloads the ImageNet backbone of an LPIPS net from.
+
+    Args:
+        net (str): 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
+
+    Returns:
+        str: e.g. https://download.pytorch.org/models/alexnet-owt-7be5be79.pth
+    """
+    import torchvision
+
+    builder = _check_net(net)
+    return torchvision.models.get_model_weights(builder).IMAGENET1K_V1.url
+
+
+def backbone_hub_cache_path(net: str = 'alex') -> str:
+    """Where torchvision looks for (and downloads) the backbone file: ``<torch hub>/checkpoints/``.
+
+    The hub directory follows ``$TORCH_HOME`` (default ``~/.cache/torch``) at call time.
+
+    Args:
+        net (str): 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
+
+    Returns:
+        str: The absolute path of the cached backbone file (it may not exist).
+    """
+    filename = os.path.basename(backbone_weights_url(net))
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
+
+
+def _missing_message(net: str, reason: str) -> str:
+    filename = os.path.basename(backbone_weights_url(net))
+    return (
+        f'LPIPS ({net}) needs the ImageNet backbone {filename}: {reason}. Put the file at '
+        f'{backbone_hub_cache_path(net)} (the torch hub cache; $TORCH_HOME moves it), or pass '
+        f'weights_path: /path/to/{filename} to the LPIPS metric (download: {backbone_weights_url(net)})'
+    )
+
+
+def lpips_available(net: str = 'alex', weights_path: str | None = None) -> tuple[bool, str]:
+    """Whether LPIPS can be computed from local files only (never attempts a download).
+
+    Models use this to report "skipped: <reason>" instead of failing a validation run. With the
+    default route, False means the first LPIPS call would try a download (which works for users
+    with internet).
+
+    Args:
+        net (str): 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
+        weights_path (str | None): A local torchvision backbone file, as for ``calculate_lpips``.
+            Default: None (the torch hub cache).
+
+    Returns:
+        tuple[bool, str]: (available, a sentence saying where the weights are or why they are not).
+    """
+    import lpips
+
+    _check_net(net)
+    heads = os.path.join(os.path.dirname(lpips.__file__), 'weights', 'v0.1', f'{net}.pth')
+    if not os.path.isfile(heads):
+        return False, f'the lpips package lacks its linear heads file {heads} (reinstall lpips)'
+    if weights_path is not None:
+        if os.path.isfile(weights_path):
+            return True, f'LPIPS ({net}) backbone from weights_path {weights_path}'
+        return False, f'LPIPS weights_path {weights_path} does not exist'
+    cached = backbone_hub_cache_path(net)
+    if os.path.isfile(cached):
+        return True, f'LPIPS ({net}) backbone from the torch hub cache {cached}'
+    return False, _missing_message(net, 'it is not in the torch hub cache (a download would be needed)')
+
+
+def _load_backbone_file(model: torch.nn.Module, net: str, weights_path: str) -> None:
+    """Copy a torchvision backbone state dict (``features.<i>.*``) into lpips' sliced backbone.
+
+    lpips splits ``torchvision_model.features`` into ``slice<k>`` Sequentials but keeps each
+    layer's index as its name, so ``net.slice<k>.<i>.<rest>`` is torchvision's ``features.<i>.<rest>``.
+    """
+    state = torch.load(weights_path, map_location='cpu', weights_only=True)
+    if isinstance(state, dict) and 'state_dict' in state and isinstance(state['state_dict'], dict):
+        state = state['state_dict']
+    wanted = {}
+    for name, tensor in model.net.state_dict().items():
+        _, rest = name.split('.', 1)  # drop 'slice<k>'
+        wanted[name] = (f'features.{rest}', tensor.shape)
+    missing = [key for key, _ in wanted.values() if key not in state]
+    wrong = [
+        f'{key} {tuple(state[key].shape)} (expected {tuple(shape)})'
+        for key, shape in wanted.values()
+        if key in state and state[key].shape != shape
+    ]
+    if missing or wrong:
+        raise CheckpointMismatchError(
+            f'{weights_path} is not a torchvision {_TORCHVISION_BUILDERS[net]} state dict for LPIPS net '
+            f'{net!r}: missing keys {missing[:5]}{" ..." if len(missing) > 5 else ""}, '
+            f'wrong shapes {wrong[:5]}{" ..." if len(wrong) > 5 else ""}'
+        )
+    model.net.load_state_dict({name: state[key] for name, (key, _) in wanted.items()})
+
+
+def _build_lpips(net: str, weights_path: str | None, random_backbone: bool) -> torch.nn.Module:
+    import lpips
+
+    with warnings.catch_warnings():
+        # lpips calls torchvision's deprecated `pretrained=` interface; torchvision 0.29 still maps
+        # it to `weights=` and warns on every build, which says nothing useful to our users.
+        warnings.filterwarnings('ignore', message=r".*'pretrained' is deprecated.*", category=UserWarning)
+        warnings.filterwarnings('ignore', message=r'Arguments other than a weight enum.*', category=UserWarning)
+        if random_backbone or weights_path is not None:
+            # pnet_rand=True: torchvision builds the backbone with weights=None (no network); lpips
+            # still loads its packaged linear heads from disk.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_RANDOM_BACKBONE_SEED)
+                model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+            if weights_path is not None:
+                _load_backbone_file(model, net, weights_path)
+            return model
+        cached = backbone_hub_cache_path(net)
+        was_cached = os.path.isfile(cached)
+        try:
+            return lpips.LPIPS(net=net, verbose=False)
+        except Exception as error:  # the download's failure modes vary (URLError, timeouts, hash)
+            if was_cached or os.path.isfile(cached):
+                raise
+            raise MissingWeightsError(
+                _missing_message(net, f'it is not in the torch hub cache and the download failed ({error})')
+            ) from error
+
+
+def get_lpips_network(
+    net: str = 'alex',
+    weights_path: str | None = None,
+    random_backbone_for_tests: bool = False,
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """The cached ``lpips.LPIPS`` network for these options (built on first use, eval mode, frozen).
+
+    Args:
+        net (str): Backbone, 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
+        weights_path (str | None): Local torchvision backbone file (e.g. alexnet-owt-7be5be79.pth).
+            Default: None (torch hub cache, else download).
+        random_backbone_for_tests (bool): Random backbone, meaningless scores; tests only.
+            Default: False.
+        device (str | torch.device | None): Where the network runs. Default: None (CUDA if
+            available, else CPU).
+
+    Returns:
+        torch.nn.Module: The network; call it with two (n, 3, h, w) RGB tensors in [-1, 1].
+
+    Raises:
+        MissingWeightsError: The backbone is absent and cannot be downloaded, or ``weights_path``
+            does not exist.
+        OptionError: Unknown ``net``, or both ``weights_path`` and ``random_backbone_for_tests``.
+    """
+    _check_net(net)
+    if weights_path is not None and random_backbone_for_tests:
+        raise OptionError('LPIPS: give either weights_path or random_backbone_for_tests, not both')
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(device)
+    if weights_path is not None:
+        weights_path = os.path.abspath(os.path.expanduser(str(weights_path)))
+        if not os.path.isfile(weights_path):
+            raise MissingWeightsError(
+                f'LPIPS weights_path {weights_path} does not exist: it should be the torchvision '
+                f'backbone file {os.path.basename(backbone_weights_url(net))} ({backbone_weights_url(net)})'
+            )
+        source = f'file:{weights_path}'
+    else:
+        source = 'random' if random_backbone_for_tests else 'torchvision'
+
+    key = (net, source, str(device))
+    model = _NETWORK_CACHE.get(key)
+    if model is None:
+        model = _build_lpips(net, weights_path, random_backbone_for_tests)
+        model = model.to(device).eval().requires_grad_(False)
+        _NETWORK_CACHE[key] = model
+        if random_backbone_for_tests:
+            logger.warning(
+                'LPIPS (%s) uses a RANDOM backbone (random_backbone_for_tests=True): its scores are '
+                'meaningless, for tests only',
+                net,
+            )
+    return model
+
+
+def clear_lpips_cache() -> None:
+    """Drop the cached LPIPS networks (frees their memory; the next call rebuilds)."""
+    _NETWORK_CACHE.clear()
+
+
+@METRIC_REGISTRY.register()
+def calculate_lpips_pt(
+    img: torch.Tensor,
+    img2: torch.Tensor,
+    net: str = 'alex',
+    weights_path: str | None = None,
+    random_backbone_for_tests: bool = False,
+    device: str | torch.device | None = None,
+    crop_border: int = 0,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """LPIPS of a batch (PyTorch version, like BasicSR's ``calculate_psnr_pt``); lower is better.
+
+    Args:
+        img (Tensor): Images of shape (n, 3, h, w), RGB, range [0, 1].
+        img2 (Tensor): Reference images, same shape.
+        net (str): Backbone, 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
+        weights_path (str | None): Local torchvision backbone file. Default: None.
+        random_backbone_for_tests (bool): Random backbone, meaningless scores. Default: False.
+        device (str | torch.device | None): Where to compute. Default: None (the device of ``img``).
+        crop_border (int): Pixels cropped from each edge first. Default: 0.
+        **kwargs: Ignored (other options of the validation block).
+
+    Returns:
+        Tensor: Shape (n,), one LPIPS distance per image, on the compute device.
+    """
+    if img.shape != img2.shape or img.dim() != 4 or img.shape[1] != 3:
+        raise ValueError(
+            f'calculate_lpips_pt expects two (n, 3, h, w) tensors of the same shape, got '
+            f'{tuple(img.shape)} and {tuple(img2.shape)}'
+        )
+    if crop_border:
+        img = img[..., crop_border:-crop_border, crop_border:-crop_border]
+        img2 = img2[..., crop_border:-crop_border, crop_border:-crop_border]
+    device = img.device if device is None else torch.device(device)
+    model = get_lpips_network(net, weights_path, random_backbone_for_tests, device)
+    with torch.no_grad():
+        # LPIPS is defined on [-1, 1]; BasicSR tensors are [0, 1].
+        x = img.to(device, torch.float32) * 2 - 1
+        y = img2.to(device, torch.float32) * 2 - 1
+        return model(x, y).flatten()
+
+
+@METRIC_REGISTRY.register()
+def calculate_lpips(
+    img: np.ndarray,
+    img2: np.ndarray,
+    net: str = 'alex',
+    weights_path: str | None = None,
+    random_backbone_for_tests: bool = False,
+    device: str | torch.device | None = None,
+    crop_border: int = 0,
+    input_order: str = 'HWC',
+    **kwargs: Any,
+) -> float:
+    """LPIPS distance between two uint8 BGR images (BasicSR's metric convention); lower is better.
+
+    The images are converted to RGB in [-1, 1], as the paper's evaluation does.
+
+    Args:
+        img (ndarray): The SR image, uint8 [0, 255], BGR, 3 channels.
+        img2 (ndarray): The HR image, same shape.
+        net (str): Backbone, 'alex' (the paper's), 'vgg' or 'squeeze'. Default: 'alex'.
+        weights_path (str | None): Local torchvision backbone file (e.g. alexnet-owt-7be5be79.pth)
+            for offline use. Default: None (torch hub cache, else download).
+        random_backbone_for_tests (bool): Random backbone; the score is meaningless (a warning is
+            logged). Default: False.
+        device (str | torch.device | None): Where to compute. Default: None (CUDA if available).
+        crop_border (int): Pixels cropped from each edge first. Default: 0.
+        input_order (str): 'HWC' or 'CHW'. Default: 'HWC'.
+        **kwargs: Ignored (e.g. ``lq``, ``test_y_channel`` from the validation block).
+
+    Returns:
+        float: The LPIPS distance (0 for identical images).
+
+    Raises:
+        MissingWeightsError: The backbone weights are absent and cannot be downloaded.
+        ValueError: Different shapes or not 3 channels.
+    """
+    if input_order not in ('HWC', 'CHW'):
+        raise ValueError(f"calculate_lpips: input_order must be 'HWC' or 'CHW', got {input_order!r}")
+    a = reorder_image(np.asarray(img), input_order=input_order)
+    b = reorder_image(np.asarray(img2), input_order=input_order)
+    if a.shape != b.shape or a.shape[2] != 3:
+        raise ValueError(
+            f'calculate_lpips expects two 3-channel images of the same shape, got {a.shape} and {b.shape} (HWC)'
+        )
+
+    def to_tensor(x: np.ndarray) -> torch.Tensor:
+        # BGR -> RGB, HWC -> 1CHW, [0, 255] -> [0, 1] (calculate_lpips_pt maps to [-1, 1]).
+        rgb = np.ascontiguousarray(x[..., ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
+        return torch.from_numpy(rgb)[None]
+
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    score = calculate_lpips_pt(
+        to_tensor(a), to_tensor(b), net, weights_path, random_backbone_for_tests, device, crop_border
+    )
+    return float(score.item())
