@@ -79,3 +79,40 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600):
         text=True,
         timeout=timeout,
     )
+
+
+TINY_SRFLOW = {
+    'type': 'SRFlowNet',
+    'nf': 8,
+    'nb': 2,
+    'gc': 4,
+    'scale': 4,
+    'K': 1,
+    'L': 3,
+    'hidden_channels': 8,
+    'n_no_coupling_steps': 1,
+    'stacked_blocks': [0, 1],
+}
+
+
+def finalize_options(opt: dict, root: Path, is_train: bool) -> dict:
+    """What BasicSR's parse_options adds to a yml dict (paths, dist flags), for in-process models."""
+    import copy
+
+    opt = copy.deepcopy(opt)
+    opt.update(is_train=is_train, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt.setdefault('num_gpu', 0)
+    path = opt.setdefault('path', {})
+    base = root / ('experiments' if is_train else 'results') / opt['name']
+    path.update(
+        experiments_root=str(base),
+        results_root=str(base),
+        models=str(base / 'models'),
+        training_states=str(base / 'training_states'),
+        log=str(base),
+        visualization=str(base / 'visualization'),
+    )
+    for phase, dataset in opt.get('datasets', {}).items():
+        dataset['phase'] = phase.split('_')[0]
+        dataset['scale'] = opt.get('scale', 4)
+    return opt
