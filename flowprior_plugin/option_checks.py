@@ -56,13 +56,14 @@ def _check_type(problems: list[str], where: str, entry: Any, registry_name: str)
         )
 
 
-def check_options(opt: dict, is_train: bool, source: str = 'options') -> list[str]:
+def check_options(opt: dict, is_train: bool, source: str = 'options', check_paths: bool = True) -> list[str]:
     """Return one message per problem found in a parsed option dict (empty when fine).
 
     Args:
         opt: The option dict as read from the yml.
         is_train: Whether this is for training (only then is ``train`` read).
         source: The file name used in messages. Default: 'options'.
+        check_paths: Whether dataset folders and pretrained files must exist. Default: True.
     """
     problems: list[str] = []
     if not isinstance(opt, dict):
@@ -83,7 +84,7 @@ def check_options(opt: dict, is_train: bool, source: str = 'options') -> list[st
         if not isinstance(dataset, dict):
             continue
         _check_type(problems, f'{source}: datasets.{phase}.type', dataset, 'dataset')
-        if dataset.get('io_backend', {}).get('type', 'disk') == 'disk':
+        if check_paths and dataset.get('io_backend', {}).get('type', 'disk') == 'disk':
             for root_key in ('dataroot_gt', 'dataroot_lq'):
                 root = dataset.get(root_key)
                 if root and not os.path.exists(root):
@@ -95,7 +96,7 @@ def check_options(opt: dict, is_train: bool, source: str = 'options') -> list[st
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         _check_type(problems, f'{source}: val.metrics.{name}.type', metric, 'metric')
     for key, value in (opt.get('path') or {}).items():
-        if key.startswith('pretrain_network_') and value and not os.path.isfile(value):
+        if check_paths and key.startswith('pretrain_network_') and value and not os.path.isfile(value):
             problems.append(f'{source}: path.{key}: no such file: {value}')
     return problems
 
