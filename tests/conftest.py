@@ -112,6 +112,8 @@ def finalize_options(opt: dict, root: Path, is_train: bool) -> dict:
         log=str(base),
         visualization=str(base / 'visualization'),
     )
+    for sub in ('models', 'training_states'):
+        (base / sub).mkdir(parents=True, exist_ok=True)
     for phase, dataset in opt.get('datasets', {}).items():
         dataset['phase'] = phase.split('_')[0]
         dataset['scale'] = opt.get('scale', 4)
