@@ -1,0 +1,910 @@
+"""SRFlow (Lugmayr et al., ECCV 2020): a conditional normalising flow HR <-> latents given the LR.
+
+Written from the architecture description in the team's reference notes (``SRFLOW.md``); the
+parameter names and shapes are those of the released checkpoints (a file format), so the official
+``SRFlow_*.pth`` files load with ``strict=True``.
+
+Differences from the release, all mathematically neutral:
+
+- Everything that depends on the LR alone is computed once by :meth:`SRFlowNet.condition` and can
+  be reused across an encode and any number of decodes of the same LR: the RRDB conditionals (only
+  at the resolutions some flow level uses), every coupling's feature-injector output, and the
+  conditional part of every coupling's first convolution (that convolution has no bias and is
+  linear in ``concat(z1, ft)``, so it splits into ``conv_z1(z1) + conv_ft(ft)``).
+- The unused heads of the RRDB (``HRconv``, ``conv_last``, the highest ``upconv``) and the flow's
+  ``f`` are kept for checkpoint compatibility but never computed.
+- Loading a checkpoint of another SRFlow configuration raises
+  :class:`~flowprior_plugin.errors.CheckpointMismatchError` naming both configurations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import Tensor, nn
+
+from flowprior_plugin.errors import CheckpointMismatchError
+from flowprior_plugin.flow_protocol import FlowCondition, Latents
+from flowprior_plugin.layers.flow_layers import (
+    ActNorm,
+    Conv2dActNorm,
+    Conv2dZeros,
+    InvertibleConv1x1,
+    actnorm_init_disabled,
+    cross_split,
+    gaussian_log_prob,
+    squeeze2d,
+    unsqueeze2d,
+)
+from flowprior_plugin.layers.rrdb import RRDB
+
+# Constructor arguments of the three released configurations (SRFlow_{DF2K_4X,DF2K_8X,CelebA_8X}.yml).
+SRFLOW_OFFICIAL_CONFIGS: dict[str, dict] = {
+    'DF2K 4X': dict(scale=4, nb=23, K=16, L=3, stacked_blocks=(1, 8, 15, 22)),
+    'DF2K 8X': dict(scale=8, nb=23, K=16, L=4, stacked_blocks=(1, 3, 5, 7)),
+    'CelebA 8X': dict(scale=8, nb=8, K=16, L=4, stacked_blocks=(1, 3, 5, 7)),
+}
+_OFFICIAL_COMMON = dict(in_nc=3, nf=64, gc=32, hidden_channels=64, n_no_coupling_steps=2)
+
+# Output channels of the release's unused ``flowUpsamplerNet.f.0`` (a constant there, at 4X and 8X).
+_UNUSED_F_CHANNELS = 96
+
+
+def official_srflow_options(name: str) -> dict:
+    """Constructor arguments of :class:`SRFlowNet` for a released config ('DF2K 4X', 'DF2K 8X', 'CelebA 8X')."""
+    if name not in SRFLOW_OFFICIAL_CONFIGS:
+        raise KeyError(f'unknown SRFlow config {name!r}; known: {", ".join(SRFLOW_OFFICIAL_CONFIGS)}')
+    return dict(_OFFICIAL_COMMON, **SRFLOW_OFFICIAL_CONFIGS[name])
+
+
+def _feature_name(factor: int) -> str:
+    """Name of the RRDB conditional at LR size times ``factor`` (0 stands for half the LR size)."""
+    return f'fea_up{factor}'
+
+
+@dataclass
+class CouplingCondition:
+    """LR-only part of one affine coupling.
+
+    Attributes:
+        shift: Feature-injector shift (B, C, H, W).
+        scale: Feature-injector scale ``sigmoid(. + 2) + eps`` (B, C, H, W).
+        logdet: ``sum log scale`` per image (B,).
+        affine_ft: The conditional half of fAffine's first convolution, ``conv_ft(ft)`` (B, hidden, H, W).
+    """
+
+    shift: Tensor
+    scale: Tensor
+    logdet: Tensor
+    affine_ft: Tensor
+
+
+@dataclass
+class SRFlowCondition(FlowCondition):
+    """Everything SRFlow computes from the LR alone (see :meth:`SRFlowNet.condition`).
+
+    Attributes:
+        features: RRDB conditionals by name (``fea_up2`` ...), only those some flow level uses.
+        couplings: Per affine flow step (keyed by its index in ``flowUpsamplerNet.layers``).
+    """
+
+    features: dict[str, Tensor] = field(default_factory=dict)
+    couplings: dict[int, CouplingCondition] = field(default_factory=dict)
+
+
+class SRFlowRRDB(nn.Module):
+    """SRFlow's conditioning encoder (the checkpoint's ``RRDB`` child): an RRDB trunk whose features,
+    upsampled to each flow level's resolution, condition the flow.
+
+    Args:
+        in_nc (int): LR channels. Default: 3.
+        out_nc (int): Channels of the (unused) SR head ``conv_last``. Default: 3.
+        nf (int): Feature channels. Default: 64.
+        nb (int): Number of RRDB blocks. Default: 23.
+        gc (int): Growth channels of the dense blocks. Default: 32.
+        scale (int): Upscaling factor; there are log2(scale) ``upconv`` layers. Default: 4.
+        stacked_blocks (Sequence[int]): Blocks whose outputs are appended to every conditional.
+            Default: (1, 8, 15, 22).
+    """
+
+    def __init__(
+        self,
+        in_nc: int = 3,
+        out_nc: int = 3,
+        nf: int = 64,
+        nb: int = 23,
+        gc: int = 32,
+        scale: int = 4,
+        stacked_blocks: Sequence[int] = (1, 8, 15, 22),
+    ) -> None:
+        super().__init__()
+        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1)
+        self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(nb)])
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.num_upconvs = int(math.log2(scale))
+        for n in range(1, self.num_upconvs + 1):
+            setattr(self, f'upconv{n}', nn.Conv2d(nf, nf, 3, 1, 1))
+        # Kept for checkpoint compatibility only: the flow never uses the RRDB's own SR output.
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1)
+        self.stacked_blocks = tuple(int(i) for i in stacked_blocks)
+        self.scale = scale
+
+    def conditionals(self, lr: Tensor, factors: Sequence[int]) -> dict[str, Tensor]:
+        """RRDB conditionals at LR size times each of ``factors`` (0 = half), each with the stacked
+        block features appended (``nf * (1 + len(stacked_blocks))`` channels).
+
+        Only what the requested factors need is computed: no upconv beyond the largest factor.
+        """
+        factors = set(factors)
+        # Checked against the golden vectors (they disagree with a literal reading of SRFLOW.md):
+        # the residual around trunk_conv starts from the trunk's OUTPUT (not conv_first's), and
+        # every fea_up{2,4,...} is taken AFTER its LeakyReLU.
+        x = self.conv_first(lr)
+        blocks = []
+        for i, block in enumerate(self.RRDB_trunk):
+            x = block(x)
+            if i in self.stacked_blocks:
+                blocks.append(x)
+        last_lr_fea = x + self.trunk_conv(x)
+
+        raw: dict[int, Tensor] = {}
+        if 0 in factors:
+            raw[0] = F.interpolate(last_lr_fea, scale_factor=0.5, mode='bilinear', align_corners=False)
+        if 1 in factors:
+            raw[1] = last_lr_fea
+        top = max(factors)
+        up = last_lr_fea
+        n = 1
+        while 2**n <= top:
+            up = F.leaky_relu(getattr(self, f'upconv{n}')(F.interpolate(up, scale_factor=2, mode='nearest')), 0.2)
+            if 2**n in factors:
+                raw[2**n] = up
+            n += 1
+
+        stacked = torch.cat(blocks, 1) if blocks else None
+        out = {}
+        for factor, feat in raw.items():
+            if stacked is not None:
+                resized = F.interpolate(stacked, size=feat.shape[-2:], mode='nearest')
+                feat = torch.cat((feat, resized), 1)
+            out[_feature_name(factor)] = feat
+        return out
+
+
+def _coupling_net(in_channels: int, out_channels: int, hidden_channels: int) -> nn.Sequential:
+    """conv3x3+ActNorm, ReLU, conv1x1+ActNorm, ReLU, zero-conv3x3 (keys .0, .2, .4)."""
+    return nn.Sequential(
+        Conv2dActNorm(in_channels, hidden_channels, 3),
+        nn.ReLU(),
+        Conv2dActNorm(hidden_channels, hidden_channels, 1),
+        nn.ReLU(),
+        Conv2dZeros(hidden_channels, out_channels, 3),
+    )
+
+
+class CondAffineSeparatedAndCond(nn.Module):
+    """SRFlow's conditional coupling: a feature injector (affine map of all channels computed from
+    the conditional ``ft``), then an affine coupling of the second half given the first half and ft.
+
+    Args:
+        in_channels (int): Channels C of the flow at this level.
+        cond_channels (int): Channels of the conditional ft. Default: 320.
+        hidden_channels (int): Hidden channels of fAffine and fFeatures. Default: 64.
+        eps (float): Added to the sigmoid scales so they never reach 0. Default: 1e-4.
+    """
+
+    def __init__(self, in_channels: int, cond_channels: int = 320, hidden_channels: int = 64, eps: float = 1e-4):
+        super().__init__()
+        self.c1 = in_channels // 2
+        self.c2 = in_channels - self.c1
+        self.eps = eps
+        # Attribute order gives the checkpoint's key order (fAffine before fFeatures).
+        self.fAffine = _coupling_net(self.c1 + cond_channels, 2 * self.c2, hidden_channels)
+        self.fFeatures = _coupling_net(cond_channels, 2 * in_channels, hidden_channels)
+
+    def _scale(self, raw: Tensor) -> Tensor:
+        return torch.sigmoid(raw + 2.0) + self.eps
+
+    def condition(self, ft: Tensor) -> CouplingCondition:
+        """The LR-only part: injector shift/scale/log-det and ``conv_ft(ft)`` of fAffine's first conv."""
+        shift, raw = cross_split(self.fFeatures(ft))
+        scale = self._scale(raw)
+        first = self.fAffine[0]
+        affine_ft = F.conv2d(ft, first.weight[:, self.c1 :], padding=first.padding)
+        return CouplingCondition(shift, scale, torch.log(scale).flatten(1).sum(1), affine_ft)
+
+    def _affine(self, z1: Tensor, cc: CouplingCondition) -> tuple[Tensor, Tensor]:
+        first = self.fAffine[0]
+        # conv(concat(z1, ft)) = conv_z1(z1) + conv_ft(ft): the second term is cached in cc.
+        h = F.conv2d(z1, first.weight[:, : self.c1], padding=first.padding) + cc.affine_ft
+        h = torch.relu(first.actnorm(h))
+        for layer in list(self.fAffine)[2:]:
+            h = layer(h)
+        shift, raw = cross_split(h)
+        return shift, self._scale(raw)
+
+    def encode(self, z: Tensor, cc: CouplingCondition) -> tuple[Tensor, Tensor]:
+        """Returns ``(z', logdet)`` with logdet of shape (B,)."""
+        z = (z + cc.shift) * cc.scale
+        z1, z2 = z[:, : self.c1], z[:, self.c1 :]
+        shift, scale = self._affine(z1, cc)
+        z2 = (z2 + shift) * scale
+        logdet = cc.logdet + torch.log(scale).flatten(1).sum(1)
+        return torch.cat((z1, z2), 1), logdet
+
+    def decode(self, z: Tensor, cc: CouplingCondition) -> Tensor:
+        z1, z2 = z[:, : self.c1], z[:, self.c1 :]
+        shift, scale = self._affine(z1, cc)
+        z = torch.cat((z1, z2 / scale - shift), 1)
+        return z / cc.scale - cc.shift
+
+    # The plain computation, as the release does it (concat conv, injector recomputed); for checks.
+    def plain_encode(self, z: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+        shift, raw = cross_split(self.fFeatures(ft))
+        scale = self._scale(raw)
+        z = (z + shift) * scale
+        logdet = torch.log(scale).flatten(1).sum(1)
+        z1, z2 = z[:, : self.c1], z[:, self.c1 :]
+        shift, raw = cross_split(self.fAffine(torch.cat((z1, ft), 1)))
+        scale = self._scale(raw)
+        z2 = (z2 + shift) * scale
+        return torch.cat((z1, z2), 1), logdet + torch.log(scale).flatten(1).sum(1)
+
+    def plain_decode(self, z: Tensor, ft: Tensor) -> Tensor:
+        z1, z2 = z[:, : self.c1], z[:, self.c1 :]
+        shift, raw = cross_split(self.fAffine(torch.cat((z1, ft), 1)))
+        z = torch.cat((z1, z2 / self._scale(raw) - shift), 1)
+        shift, raw = cross_split(self.fFeatures(ft))
+        return z / self._scale(raw) - shift
+
+
+class SqueezeLayer(nn.Module):
+    """Space-to-depth by 2 (no parameters; it occupies an index of ``flowUpsamplerNet.layers``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return squeeze2d(x, 2)
+
+
+class FlowStep(nn.Module):
+    """ActNorm -> invertible 1x1 conv -> (optional) conditional affine coupling.
+
+    Args:
+        channels (int): Flow channels C at this level.
+        cond_channels (int): Channels of the level's conditional. Default: 320.
+        hidden_channels (int): Hidden channels of the coupling nets. Default: 64.
+        coupling (bool): Whether the step has a coupling (the first steps of a level have none).
+            Default: True.
+        eps (float): Coupling scale epsilon. Default: 1e-4.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        cond_channels: int = 320,
+        hidden_channels: int = 64,
+        coupling: bool = True,
+        eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(channels)
+        self.invconv = InvertibleConv1x1(channels)
+        self.affine = CondAffineSeparatedAndCond(channels, cond_channels, hidden_channels, eps) if coupling else None
+
+    def encode(
+        self, z: Tensor, logdet: Tensor, cc: CouplingCondition | None = None, ft: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Encode with the cached coupling condition ``cc``, or plainly from the conditional ``ft``."""
+        num_pixels = z.shape[2] * z.shape[3]
+        z = self.actnorm(z)
+        logdet = logdet + self.actnorm.logdet(num_pixels)
+        z, ld = self.invconv(z)
+        logdet = logdet + ld
+        if self.affine is not None:
+            z, ld = self.affine.encode(z, cc) if cc is not None else self.affine.plain_encode(z, ft)
+            logdet = logdet + ld
+        return z, logdet
+
+    def decode(self, z: Tensor, cc: CouplingCondition | None = None, ft: Tensor | None = None) -> Tensor:
+        if self.affine is not None:
+            z = self.affine.decode(z, cc) if cc is not None else self.affine.plain_decode(z, ft)
+        z = self.invconv.reverse(z)
+        return self.actnorm.reverse(z)
+
+
+class Split2d(nn.Module):
+    """Factor out half of the channels as a latent, Gaussian given the other half.
+
+    Args:
+        channels (int): Channels C before the split; the first ``C - C//2`` pass on.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.c_consume = channels // 2
+        self.c_pass = channels - self.c_consume
+        self.conv = Conv2dZeros(self.c_pass, 2 * self.c_consume, 3)
+
+    def _prior(self, z1: Tensor) -> tuple[Tensor, Tensor]:
+        return cross_split(self.conv(z1))
+
+    def encode(self, z: Tensor, logdet: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(z1, eps, logdet)``; the split's log-prob is added to logdet."""
+        z1, z2 = z[:, : self.c_pass], z[:, self.c_pass :]
+        mean, logs = self._prior(z1)
+        logdet = logdet + gaussian_log_prob(z2, mean, logs)
+        return z1, (z2 - mean) * torch.exp(-logs), logdet
+
+    def decode(self, z1: Tensor, eps: Tensor) -> Tensor:
+        mean, logs = self._prior(z1)
+        return torch.cat((z1, mean + torch.exp(logs) * eps), 1)
+
+
+class FlowUpsamplerNet(nn.Module):
+    """The flow (the checkpoint's ``flowUpsamplerNet`` child).
+
+    Per level 1..L: a squeeze, ``n_no_coupling_steps`` steps without coupling, K coupled steps, and
+    a split if the level is below L-1 (and ``split``).
+
+    Args:
+        channels (int): HR image channels. Default: 3.
+        L (int): Number of levels. Default: 3.
+        K (int): Coupled steps per level. Default: 16.
+        n_no_coupling_steps (int): Uncoupled steps at the start of each level. Default: 2.
+        hidden_channels (int): Hidden channels of the coupling nets. Default: 64.
+        cond_channels (int): Channels of every conditional. Default: 320.
+        split (bool): Whether levels below L-1 factor out half of their channels. Default: True.
+        eps (float): Coupling scale epsilon. Default: 1e-4.
+    """
+
+    def __init__(
+        self,
+        channels: int = 3,
+        L: int = 3,
+        K: int = 16,
+        n_no_coupling_steps: int = 2,
+        hidden_channels: int = 64,
+        cond_channels: int = 320,
+        split: bool = True,
+        eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.layer_levels: list[int] = []  # level (1..L) of each layer
+        # (channels, level) of each latent, in latent order: split eps of levels 1.., then the top z.
+        self.latent_specs: list[tuple[int, int]] = []
+        c = channels
+        for level in range(1, L + 1):
+            self.layers.append(SqueezeLayer())
+            self.layer_levels.append(level)
+            c *= 4
+            for i in range(n_no_coupling_steps + K):
+                coupled = i >= n_no_coupling_steps
+                self.layers.append(FlowStep(c, cond_channels, hidden_channels, coupled, eps))
+                self.layer_levels.append(level)
+            if split and level < L - 1:
+                layer = Split2d(c)
+                self.layers.append(layer)
+                self.layer_levels.append(level)
+                self.latent_specs.append((layer.c_consume, level))
+                c = layer.c_pass
+        self.latent_specs.append((c, L))
+        # Kept for checkpoint compatibility only; never used.
+        self.f = nn.Sequential(nn.Conv2d(cond_channels, _UNUSED_F_CHANNELS, 3, 1, 1))
+
+
+def read_srflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, int | None]:
+    """The SRFlow architecture a state dict holds, read from its keys and shapes.
+
+    Args:
+        shapes: State-dict keys mapped to tensors or shapes. Keys BasicSR renamed with a trailing
+            ``.ignore`` (size mismatch) are read like the original key.
+
+    Returns:
+        dict: scale, nb, K, L, nf, gc, in_nc, hidden_channels, n_no_coupling_steps, cond_channels and
+        splits; a field is None where the state dict does not reveal it (e.g. no flow keys).
+    """
+    keys = {}
+    for key, value in shapes.items():
+        shape = tuple(value.shape) if hasattr(value, 'shape') else tuple(value)
+        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
+
+    def shape_of(key: str, dim: int) -> int | None:
+        shape = keys.get(key)
+        return shape[dim] if shape is not None and len(shape) > dim else None
+
+    def indices(pattern: str) -> list[int]:
+        found = set()
+        for key in keys:
+            match = re.match(pattern, key)
+            if match:
+                found.add(int(match.group(1)))
+        return sorted(found)
+
+    arch: dict[str, int | None] = dict.fromkeys(
+        (
+            'scale',
+            'nb',
+            'K',
+            'L',
+            'nf',
+            'gc',
+            'in_nc',
+            'hidden_channels',
+            'n_no_coupling_steps',
+            'cond_channels',
+            'splits',
+        )
+    )
+    trunk = indices(r'RRDB\.RRDB_trunk\.(\d+)\.')
+    arch['nb'] = trunk[-1] + 1 if trunk else (0 if 'RRDB.conv_first.weight' in keys else None)
+    upconvs = indices(r'RRDB\.upconv(\d+)\.weight$')
+    arch['scale'] = 2 ** upconvs[-1] if upconvs else None
+    arch['nf'] = shape_of('RRDB.conv_first.weight', 0)
+    arch['in_nc'] = shape_of('RRDB.conv_first.weight', 1)
+    arch['gc'] = shape_of('RRDB.RRDB_trunk.0.RDB1.conv1.weight', 0)
+
+    layer_indices = indices(r'flowUpsamplerNet\.layers\.(\d+)\.')
+    if layer_indices:
+        present = set(layer_indices)
+        # Squeezes hold no parameters: they are the gaps in the layer indices (one per level).
+        levels = sum(1 for i in range(layer_indices[-1] + 1) if i not in present)
+        steps = indices(r'flowUpsamplerNet\.layers\.(\d+)\.actnorm\.bias$')
+        coupled = indices(r'flowUpsamplerNet\.layers\.(\d+)\.affine\.fAffine\.0\.weight$')
+        arch['L'] = levels
+        arch['splits'] = len(indices(r'flowUpsamplerNet\.layers\.(\d+)\.conv\.weight$'))
+        if levels:
+            arch['K'] = len(coupled) // levels
+            arch['n_no_coupling_steps'] = (len(steps) - len(coupled)) // levels
+        if coupled:
+            first = f'flowUpsamplerNet.layers.{coupled[0]}.affine.fFeatures.0.weight'
+            arch['hidden_channels'] = shape_of(first, 0)
+            arch['cond_channels'] = shape_of(first, 1)
+    return arch
+
+
+_CORE_FIELDS = ('nb', 'K', 'L')
+_EXTRA_FIELDS = ('nf', 'gc', 'in_nc', 'hidden_channels', 'n_no_coupling_steps', 'cond_channels', 'splits')
+
+
+def _official_name(arch: Mapping[str, int | None]) -> str | None:
+    for name in SRFLOW_OFFICIAL_CONFIGS:
+        options = official_srflow_options(name)
+        wanted = {k: options[k] for k in ('scale', 'nb', 'K', 'L', 'nf', 'gc', 'in_nc', 'hidden_channels')}
+        wanted['n_no_coupling_steps'] = options['n_no_coupling_steps']
+        if all(arch.get(k) == v for k, v in wanted.items()):
+            return name
+    return None
+
+
+def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
+    parts = [f'{arch["scale"]}X' if arch.get('scale') else 'of unknown scale']
+    parts += [f'{k}={arch[k]}' for k in (*_CORE_FIELDS, *extra) if arch.get(k) is not None]
+    official = _official_name(arch)
+    text = ', '.join(parts)
+    return f'{text} (the official {official} config)' if official else text
+
+
+@ARCH_REGISTRY.register()
+class SRFlowNet(nn.Module):
+    """SRFlow: conditional normalising flow for super-resolution, implementing the FlowSR protocol.
+
+    Level l (1..L) of the flow works at HR/2^l (LR * scale / 2^l) and is conditioned on the RRDB
+    feature at that resolution (``fea_up{scale/2^l}``; ``fea_up0`` for half the LR size).
+
+    Args:
+        in_nc (int): LR channels. Default: 3.
+        out_nc (int): HR channels (the flow's image channels). Default: 3.
+        nf (int): RRDB feature channels. Default: 64.
+        nb (int): Number of RRDB blocks. Default: 23.
+        gc (int): RRDB growth channels. Default: 32.
+        scale (int): Upscaling factor, a power of 2. Default: 4.
+        K (int): Coupled flow steps per level. Default: 16.
+        L (int | None): Flow levels; None derives log2(scale) + 1. Default: None.
+        hidden_channels (int): Hidden channels of the coupling nets. Default: 64.
+        n_no_coupling_steps (int): Uncoupled flow steps at the start of each level. Default: 2.
+        split (bool): Whether levels below L-1 factor out half of their channels. Default: True.
+        stacked_blocks (Sequence[int]): RRDB blocks whose outputs are appended to every
+            conditional. Default: (1, 8, 15, 22).
+        quant (int): Quantisation levels of the dequantisation noise in :meth:`nll`. Default: 32.
+        eps (float): Added to the coupling scales (they never reach 0). Default: 1e-4.
+    """
+
+    def __init__(
+        self,
+        in_nc: int = 3,
+        out_nc: int = 3,
+        nf: int = 64,
+        nb: int = 23,
+        gc: int = 32,
+        scale: int = 4,
+        K: int = 16,
+        L: int | None = None,
+        hidden_channels: int = 64,
+        n_no_coupling_steps: int = 2,
+        split: bool = True,
+        stacked_blocks: Sequence[int] = (1, 8, 15, 22),
+        quant: int = 32,
+        eps: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if scale < 2 or scale & (scale - 1):
+            raise ValueError(f'SRFlowNet: scale must be a power of 2 (2, 4, 8, ...), got {scale}')
+        max_levels = int(math.log2(scale)) + 1
+        if L is None:
+            L = max_levels
+        if not 1 <= L <= max_levels:
+            raise ValueError(
+                f'SRFlowNet: L must be between 1 and log2(scale) + 1 = {max_levels} at {scale}X '
+                f'(level l needs an RRDB feature at LR * {scale} / 2^l, at least half the LR), got {L}'
+            )
+        bad = [i for i in stacked_blocks if not 0 <= int(i) < nb]
+        if bad:
+            raise ValueError(f'SRFlowNet: stacked_blocks {list(stacked_blocks)} name blocks outside 0..{nb - 1}')
+        self.in_nc, self.out_nc = in_nc, out_nc
+        self.scale = scale
+        self.L = L
+        self.K = K
+        self.quant = quant
+        # The top level works at HR / 2^L: LR sides must be multiples of 2^L / scale (2 by default).
+        self.lr_multiple = max(1, 2**L // scale)
+        cond_channels = nf * (1 + len(stacked_blocks))
+
+        self.RRDB = SRFlowRRDB(in_nc, out_nc, nf, nb, gc, scale, stacked_blocks)
+        self.flowUpsamplerNet = FlowUpsamplerNet(
+            out_nc, L, K, n_no_coupling_steps, hidden_channels, cond_channels, split, eps
+        )
+        # RRDB resolution factor (0 = half the LR) that conditions each level.
+        self._level_factor = {level: scale // 2**level if 2**level <= scale else 0 for level in range(1, L + 1)}
+
+    # ------------------------------------------------------------------ checks
+    def _check_lq(self, lq: Tensor) -> None:
+        if lq.dim() != 4 or lq.shape[1] != self.in_nc:
+            raise ValueError(f'SRFlowNet expects an LR of shape (B, {self.in_nc}, h, w), got {tuple(lq.shape)}')
+        m = self.lr_multiple
+        if lq.shape[2] % m or lq.shape[3] % m:
+            need = 'even LR sides' if m == 2 else f'LR sides divisible by {m}'
+            raise ValueError(
+                f'SRFlow needs {need} (its last flow level works at half the LR size), got an LR of shape '
+                f'{tuple(lq.shape)}; models reflect-pad the LR to a multiple of {m} and crop the SR back'
+            )
+
+    def _check_gt(self, lq: Tensor, gt: Tensor) -> None:
+        b, _, h, w = lq.shape
+        expected = (b, self.out_nc, h * self.scale, w * self.scale)
+        if tuple(gt.shape) != expected:
+            raise ValueError(
+                f'SRFlowNet at {self.scale}X needs gt exactly {self.scale}x the LR: LR {tuple(lq.shape)} '
+                f'needs gt of shape {expected}, got {tuple(gt.shape)}'
+            )
+
+    def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> SRFlowCondition:
+        if cond is None:
+            return self.condition(lq)
+        if not isinstance(cond, SRFlowCondition):
+            raise TypeError(f'SRFlowNet needs the SRFlowCondition from its condition(), got {type(cond).__name__}')
+        cond.check_matches(lq)
+        return cond
+
+    def latent_shapes(self, lq_shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
+        """Shapes of the latents for an LR of shape ``lq_shape`` (split eps first, top z last)."""
+        b, _, h, w = lq_shape
+        return [
+            (b, c, h * self.scale // 2**level, w * self.scale // 2**level)
+            for c, level in self.flowUpsamplerNet.latent_specs
+        ]
+
+    def _check_latents(self, lq: Tensor, latents: Latents) -> None:
+        expected = self.latent_shapes(lq.shape)
+        got = [tuple(z.shape) for z in latents]
+        if got != expected:
+            raise ValueError(
+                f'SRFlowNet at {self.scale}X expects latents of shapes {expected} for an LR of shape '
+                f'{tuple(lq.shape)}, got {got}'
+            )
+
+    # ------------------------------------------------------------------ flow
+    def _run_encode(
+        self, z: Tensor, logdet: Tensor, cond: SRFlowCondition | None, features: dict[int, Tensor] | None = None
+    ) -> tuple[Latents, Tensor]:
+        flow = self.flowUpsamplerNet
+        latents = []
+        for idx, layer in enumerate(flow.layers):
+            if isinstance(layer, SqueezeLayer):
+                z = layer(z)
+            elif isinstance(layer, FlowStep):
+                if cond is not None:
+                    z, logdet = layer.encode(z, logdet, cc=cond.couplings.get(idx))
+                else:
+                    z, logdet = layer.encode(z, logdet, ft=features[flow.layer_levels[idx]])
+            else:
+                z, eps, logdet = layer.encode(z, logdet)
+                latents.append(eps)
+        latents.append(z)
+        return latents, logdet
+
+    def _run_decode(
+        self, latents: Latents, cond: SRFlowCondition | None, features: dict[int, Tensor] | None = None
+    ) -> Tensor:
+        flow = self.flowUpsamplerNet
+        z = latents[-1]
+        pending = len(latents) - 1  # split eps are consumed from the deepest split to the first
+        for idx in range(len(flow.layers) - 1, -1, -1):
+            layer = flow.layers[idx]
+            if isinstance(layer, SqueezeLayer):
+                z = unsqueeze2d(z, 2)
+            elif isinstance(layer, FlowStep):
+                if cond is not None:
+                    z = layer.decode(z, cc=cond.couplings.get(idx))
+                else:
+                    z = layer.decode(z, ft=features[flow.layer_levels[idx]])
+            else:
+                pending -= 1
+                z = layer.decode(z, latents[pending])
+        return z
+
+    # ------------------------------------------------------------------ protocol
+    def condition(self, lq: Tensor) -> SRFlowCondition:
+        """Everything that depends on the LR alone: RRDB conditionals (only at the resolutions a
+        level uses) and, per affine coupling, the injector's shift/scale and ``conv_ft(ft)``.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w), h and w multiples of ``lr_multiple``.
+
+        Returns:
+            SRFlowCondition: pass it as ``cond`` to the other methods for the same ``lq``.
+        """
+        self._check_lq(lq)
+        flow = self.flowUpsamplerNet
+        features = self.RRDB.conditionals(lq, sorted(set(self._level_factor.values())))
+        couplings = {}
+        for idx, layer in enumerate(flow.layers):
+            if isinstance(layer, FlowStep) and layer.affine is not None:
+                ft = features[_feature_name(self._level_factor[flow.layer_levels[idx]])]
+                couplings[idx] = layer.affine.condition(ft)
+        return SRFlowCondition(lq_shape=tuple(lq.shape), features=features, couplings=couplings)
+
+    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None) -> Latents:
+        """HR -> latents ``[split eps (level 1), ..., top z]``, deterministic (no dequantisation noise).
+
+        Args:
+            lq: LR batch (B, in_nc, h, w).
+            gt: HR batch (B, out_nc, h*scale, w*scale).
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+
+        Returns:
+            list[Tensor]: The latents, in the release's order.
+        """
+        self._check_lq(lq)
+        self._check_gt(lq, gt)
+        cond = self._resolve_cond(lq, cond)
+        logdet = gt.new_zeros(gt.shape[0])
+        return self._run_encode(gt, logdet, cond)[0]
+
+    def decode(self, lq: Tensor, latents: Latents, cond: FlowCondition | None = None) -> Tensor:
+        """Latents -> SR image (not clamped); differentiable w.r.t. the latents.
+
+        Never mutates ``latents`` nor any parameter or buffer (ActNorm data init is switched off).
+
+        Args:
+            lq: LR batch (B, in_nc, h, w).
+            latents: ``[split eps ..., top z]`` with the shapes of :meth:`latent_shapes`.
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+
+        Returns:
+            Tensor: SR batch (B, out_nc, h*scale, w*scale).
+        """
+        self._check_lq(lq)
+        self._check_latents(lq, latents)
+        with actnorm_init_disabled():
+            cond = self._resolve_cond(lq, cond)
+            return self._run_decode(list(latents), cond)
+
+    def sample_latents(
+        self,
+        lq: Tensor,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        cond: FlowCondition | None = None,
+    ) -> Latents:
+        """Latents of temperature sampling: every latent ~ N(0, temperature^2) (zeros at 0).
+
+        Args:
+            lq: LR batch; fixes the shapes, device and dtype.
+            temperature: Standard deviation tau of the latents.
+            generator: Random generator (any device; the draws move to lq's device). Default: None.
+            cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
+                Default: None.
+
+        Returns:
+            list[Tensor]: ``[split eps ..., top z]``.
+        """
+        self._check_lq(lq)
+        if cond is not None:
+            self._resolve_cond(lq, cond)
+        shapes = self.latent_shapes(lq.shape)
+        if temperature == 0:
+            return [lq.new_zeros(shape) for shape in shapes]
+        # Draw on the generator's device (a CPU generator may drive a CUDA model), then move.
+        device = generator.device if generator is not None else lq.device
+        return [
+            (torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)
+            for shape in shapes
+        ]
+
+    def nll(
+        self,
+        lq: Tensor,
+        gt: Tensor,
+        cond: FlowCondition | None = None,
+        dequantize: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Negative log-likelihood of ``gt`` given ``lq`` in bits per HR pixel, shape (B,).
+
+        ``-(logdet + log N(z_top; 0, I)) / (ln 2 * H * W)`` with H*W the HR pixel count; the split
+        log-probs are inside logdet.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w).
+            gt: HR batch (B, out_nc, h*scale, w*scale) in [0, 1].
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            dequantize: Add U(-0.5, 0.5)/quant noise to gt and its ``-log(quant) * H * W`` log-det
+                term, as in likelihood training. Default: False.
+            generator: Random generator of the noise. Default: None.
+
+        Returns:
+            Tensor: Bits per pixel, one per image.
+        """
+        self._check_lq(lq)
+        self._check_gt(lq, gt)
+        cond = self._resolve_cond(lq, cond)
+        num_pixels = gt.shape[2] * gt.shape[3]
+        logdet = gt.new_zeros(gt.shape[0])
+        if dequantize:
+            device = generator.device if generator is not None else gt.device
+            noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
+            gt = gt + (noise - 0.5) / self.quant
+            logdet = logdet - math.log(self.quant) * num_pixels
+        latents, logdet = self._run_encode(gt, logdet, cond)
+        objective = logdet + gaussian_log_prob(latents[-1])
+        return -objective / (math.log(2.0) * num_pixels)
+
+    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None) -> Latents:
+        """Initial latents z0 of the learned prior: the encoding of the bilinearly upsampled LR, each
+        level standardised per pixel across channels, ``(z - mean_c) / (std_c + 1e-8)`` (unbiased std).
+
+        Args:
+            lq: LR batch (B, in_nc, h, w).
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+
+        Returns:
+            list[Tensor]: ``[split eps ..., top z]``, standardised.
+        """
+        self._check_lq(lq)
+        up = F.interpolate(
+            lq, size=(lq.shape[2] * self.scale, lq.shape[3] * self.scale), mode='bilinear', align_corners=False
+        )
+        return [standardize_per_pixel(z) for z in self.encode(lq, up, cond)]
+
+    def latent_channels(self) -> list[int]:
+        """Channel count of each latent in latent order ([6, 96] at 4X, [6, 12, 192] at 8X)."""
+        return [c for c, _ in self.flowUpsamplerNet.latent_specs]
+
+    def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
+        """Run the ActNorm data-dependent init on a batch if any ActNorm is uninitialised.
+
+        Loaded weights count as initialised and are never overwritten (each ActNorm only
+        initialises itself while its flag is unset).
+
+        Args:
+            lq: LR batch.
+            gt: HR batch matching ``lq``.
+
+        Returns:
+            bool: True if the init ran.
+        """
+        if all(m.initialized for m in self.modules() if isinstance(m, ActNorm)):
+            return False
+        was_training = self.training
+        self.train()
+        try:
+            with torch.no_grad():
+                self.encode(lq, gt)
+        finally:
+            self.train(was_training)
+        return True
+
+    def forward(
+        self, lq: Tensor, gt: Tensor | None = None, latents: Latents | None = None, dequantize: bool = False
+    ) -> Tensor:
+        """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
+        :meth:`decode` of ``latents`` (zeros, i.e. temperature 0, when None)."""
+        if gt is not None:
+            return self.nll(lq, gt, dequantize=dequantize)
+        if latents is None:
+            latents = self.sample_latents(lq, 0.0)
+        return self.decode(lq, latents)
+
+    # ------------------------------------------------------------------ plain computation (checks)
+    def _plain_features(self, lq: Tensor) -> dict[int, Tensor]:
+        # As the release: conditionals at every resolution, the unused highest one included.
+        factors = [0] + [2**n for n in range(int(math.log2(self.scale)) + 1)]
+        named = self.RRDB.conditionals(lq, factors)
+        return {level: named[_feature_name(f)] for level, f in self._level_factor.items()}
+
+    def plain_encode(self, lq: Tensor, gt: Tensor) -> Latents:
+        """:meth:`encode` computed the plain way (no cached condition, concat convolutions, every
+        RRDB resolution computed as the release does). Slow; for verification."""
+        self._check_lq(lq)
+        self._check_gt(lq, gt)
+        return self._run_encode(gt, gt.new_zeros(gt.shape[0]), None, self._plain_features(lq))[0]
+
+    def plain_decode(self, lq: Tensor, latents: Latents) -> Tensor:
+        """:meth:`decode` computed the plain way (see :meth:`plain_encode`). Slow; for verification."""
+        self._check_lq(lq)
+        self._check_latents(lq, latents)
+        with actnorm_init_disabled():
+            return self._run_decode(list(latents), None, self._plain_features(lq))
+
+    # ------------------------------------------------------------------ checkpoints
+    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> str | None:
+        """Say which SRFlow configuration a state dict holds if it is not the one of this network.
+
+        Reads scale (number of upconvs), nb (RRDB_trunk indices), K and L (flow layers) and the
+        channel counts from the keys and shapes, names the official config each side matches, and
+        compares the fields the state dict reveals.
+
+        Args:
+            state_dict: A raw state dict (a BasicSR ``{'params': ...}`` wrapper must be unwrapped
+                by the caller).
+            strict: When False, a state dict that reveals no SRFlow architecture (a partial load)
+                is not reported. Default: True.
+
+        Returns:
+            str | None: "checkpoint holds SRFlow <desc> but the options build SRFlow <desc>", or
+            None when the architectures fit.
+        """
+        ours = read_srflow_architecture(self.state_dict())
+        theirs = read_srflow_architecture(state_dict)
+        if all(v is None for v in theirs.values()):
+            if not strict:
+                return None
+            first = ', '.join(repr(k) for k in list(state_dict)[:3])
+            hint = ''
+            if any(k in state_dict for k in ('params', 'params_ema')):
+                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
+            return (
+                f'checkpoint holds no SRFlow weights{hint}: its keys start with {first or "nothing"}, '
+                f'but the options build SRFlow {_describe(ours, ())}'
+            )
+        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
+        if not differ:
+            return None
+        extra = [k for k in _EXTRA_FIELDS if k in differ]
+        return (
+            f'checkpoint holds SRFlow {_describe(theirs, extra)} but the options build SRFlow '
+            f'{_describe(ours, extra)} (differs in: {", ".join(differ)})'
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`, but a checkpoint of another SRFlow
+        configuration raises :class:`CheckpointMismatchError` naming both configurations first."""
+        message = self.describe_checkpoint_mismatch(state_dict, strict=strict)
+        if message is not None:
+            raise CheckpointMismatchError(message)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def standardize_per_pixel(z: Tensor) -> Tensor:
+    """``(z - mean_c) / (std_c + 1e-8)`` per pixel across channels (unbiased std): the learned
+    prior's standardisation of latents."""
+    mean = z.mean(dim=1, keepdim=True)
+    std = z.std(dim=1, keepdim=True, unbiased=True)
+    return (z - mean) / (std + 1e-8)

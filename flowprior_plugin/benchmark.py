@@ -1,0 +1,258 @@
+"""CPU benchmark of SRFlow's cached conditioning: ``python -m flowprior_plugin.benchmark``.
+
+Runs the official DF2K 4X architecture (random weights, eval mode, no_grad) on one LR image and
+prints, side by side, wall time and peak memory of
+
+- (a) ``decode``: one temperature-sampling decode, ``condition()`` included;
+- (b) ``lp_path``: the learned-prior path, ``initial_prior`` (encode of the upsampled LR) and a
+  decode of the same LR sharing one ``condition()``;
+- (c) ``naive``: the same two calls without a shared condition (each recomputes it);
+- ``extra_decode``: one more decode with an already computed condition;
+
+then checks that (b)'s SR equals the plain computation (the release's way: every RRDB resolution,
+concatenated coupling convolutions, nothing cached) within 1e-4. The last line is
+``ratios: lp_path/decode=X.XX extra_decode/decode=Y.YY``.
+
+Memory: torch has no peak-memory API on the CPU, so each case runs in a fresh forked process that
+builds the network and inputs, notes its resident set size (RSS), runs the case once and reads its
+RSS high-water mark (``getrusage().ru_maxrss``). The "peak increase" is that high-water mark minus
+the RSS just before the case: the memory the case itself needed at its peak, allocator caching
+included. Times are the median of ``--repeats`` further runs in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from flowprior_plugin.archs.srflow_arch import FlowStep, SRFlowNet, official_srflow_options, standardize_per_pixel
+from flowprior_plugin.layers.flow_layers import ActNorm, Conv2dZeros, InvertibleConv1x1
+
+CASES = ('decode', 'lp_path', 'naive', 'extra_decode')
+CASE_LABELS = {
+    'decode': '(a) condition + sample decode',
+    'lp_path': '(b) condition + initial_prior + decode (shared cond)',
+    'naive': '(c) initial_prior + decode (cond recomputed per call)',
+    'extra_decode': 'one extra decode with a cached condition',
+}
+TINY_OPTIONS = dict(scale=4, nf=16, nb=2, gc=8, K=2, hidden_channels=16, stacked_blocks=(0, 1))
+TEMPERATURE = 0.9
+PLAIN_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def randomize_parameters_(net: nn.Module, generator: torch.Generator | None = None, strength: float = 1.0) -> None:
+    """Give every parameter of a flow a random, well-conditioned value (in place).
+
+    Zero-initialised convolutions and ActNorms get small random values (so no coupling is the
+    identity), invertible 1x1 convolutions random orthogonal matrices, and every ActNorm is marked
+    initialised (so training mode does not overwrite the values). The ActNorm of each coupled
+    SRFlow step compensates the couplings' average scale, as the data-dependent init would. Other
+    weights keep their random init; biases get small random values.
+
+    Args:
+        net: The network (any module built from this package's flow layers).
+        generator: Random generator on the CPU. Default: None.
+        strength: Multiplier of the random magnitudes of zero-convs and ActNorms. Default: 1.0.
+    """
+
+    def randn_(t: Tensor, std: float) -> None:
+        t.copy_(torch.randn(t.shape, generator=generator, dtype=t.dtype) * std)
+
+    for module in net.modules():
+        if isinstance(module, ActNorm):
+            randn_(module.bias, 0.1 * strength)
+            randn_(module.logs, 0.05 * strength)
+            module.initialized = True
+        elif isinstance(module, InvertibleConv1x1):
+            q = torch.linalg.qr(torch.randn(module.weight.shape, generator=generator, dtype=torch.float64))[0]
+            module.weight.copy_(q)
+        elif isinstance(module, Conv2dZeros):
+            # Scaled by fan-in: the hidden activations they read are not normalised by a data init.
+            randn_(module.weight, 0.05 * strength / math.sqrt(module.weight[0].numel()))
+            randn_(module.bias, 0.1 * strength)
+            randn_(module.logs, 0.05 * strength)
+        elif isinstance(module, nn.Conv2d) and module.bias is not None:
+            randn_(module.bias, 0.01)
+    for module in net.modules():
+        if isinstance(module, FlowStep) and module.affine is not None:
+            # A near-zero coupling scales by sigmoid(2) + eps twice per step; let the step's ActNorm
+            # undo that on average (as data-dependent init would) so a deep flow neither shrinks
+            # nor blows up.
+            module.actnorm.logs.sub_(2 * math.log(1 / (1 + math.exp(-2.0)) + module.affine.eps))
+
+
+def build_net(tiny: bool, seed: int = 0) -> SRFlowNet:
+    """The benchmarked network: official DF2K 4X (or the tiny one), random weights, eval mode."""
+    torch.manual_seed(seed)
+    net = SRFlowNet(**(TINY_OPTIONS if tiny else official_srflow_options('DF2K 4X')))
+    randomize_parameters_(net, torch.Generator().manual_seed(seed))
+    return net.eval()
+
+
+def _rss_kib() -> int:
+    """Current resident set size in KiB (Linux), else the high-water mark."""
+    try:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+    except (OSError, ValueError):
+        return _maxrss_kib()
+
+
+def _maxrss_kib() -> int:
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value // 1024 if sys.platform == 'darwin' else value  # bytes on macOS, KiB on Linux
+
+
+def run_case(case: str, lr_size: int, threads: int, repeats: int, tiny: bool, seed: int = 0) -> dict:
+    """Run one case in this process; returns times (s), memory (KiB) and, for lp_path, the check."""
+    torch.set_num_threads(threads)
+    net = build_net(tiny, seed)
+    lq = torch.rand(1, 3, lr_size, lr_size, generator=torch.Generator().manual_seed(seed + 1))
+    gen = torch.Generator().manual_seed(seed + 2)
+    result: dict = {'case': case}
+    with torch.no_grad():
+        if case == 'extra_decode':
+            cond = net.condition(lq)
+            latents = net.sample_latents(lq, TEMPERATURE, gen, cond=cond)
+
+            def once() -> Tensor:
+                return net.decode(lq, latents, cond=cond)
+
+        elif case == 'decode':
+
+            def once() -> Tensor:
+                cond = net.condition(lq)
+                return net.decode(lq, net.sample_latents(lq, TEMPERATURE, gen, cond=cond), cond=cond)
+
+        elif case == 'lp_path':
+
+            def once() -> Tensor:
+                cond = net.condition(lq)
+                return net.decode(lq, net.initial_prior(lq, cond=cond), cond=cond)
+
+        elif case == 'naive':
+
+            def once() -> Tensor:
+                return net.decode(lq, net.initial_prior(lq))
+
+        else:
+            raise ValueError(f'unknown case {case!r}; known: {", ".join(CASES)}')
+
+        rss_before = _rss_kib()
+        sr = once()  # first run: memory high-water (and warm-up of the convolution kernels)
+        result['peak_kib'] = _maxrss_kib()
+        result['increase_kib'] = result['peak_kib'] - rss_before
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - start)
+        result['time_s'] = statistics.median(times)
+
+        if case == 'lp_path':
+            # The plain computation: release-style conditionals, concat convolutions, no cache.
+            size = (lr_size * net.scale, lr_size * net.scale)
+            up = torch.nn.functional.interpolate(lq, size=size, mode='bilinear', align_corners=False)
+            z0 = [standardize_per_pixel(z) for z in net.plain_encode(lq, up)]
+            plain = net.plain_decode(lq, z0)
+            result['plain_max_abs_diff'] = (sr - plain).abs().max().item()
+            result['sr_max_abs'] = plain.abs().max().item()
+    return result
+
+
+def _child(conn, *args) -> None:
+    try:
+        conn.send(run_case(*args))
+    except BaseException as error:  # report, do not hang the parent
+        conn.send({'error': f'{type(error).__name__}: {error}'})
+    finally:
+        conn.close()
+
+
+def run_in_fresh_process(*args) -> dict:
+    """:func:`run_case` in a fresh process (forked where possible, so no re-import), for a clean
+    memory high-water mark."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(child_conn, *args))
+    process.start()
+    child_conn.close()
+    try:
+        result = parent_conn.recv()
+    except EOFError:
+        result = {'error': f'process died (exit code {process.exitcode})'}
+    process.join()
+    if 'error' in result:
+        raise RuntimeError(f'benchmark case {args[0]!r} failed: {result["error"]}')
+    return result
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='python -m flowprior_plugin.benchmark', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--lr-size', type=int, default=None, help='LR side (square LR); default 64 (16 with --tiny)')
+    parser.add_argument('--threads', type=int, default=min(8, os.cpu_count() or 1), help='torch CPU threads')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs per case (median reported)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of weights, LR image and latents')
+    parser.add_argument('--tiny', action='store_true', help='a small architecture instead of DF2K 4X (for tests)')
+    args = parser.parse_args(argv)
+    if args.lr_size is None:
+        args.lr_size = 16 if args.tiny else 64
+    if args.lr_size % 2:
+        parser.error(f'--lr-size must be even (SRFlow needs even LR sides), got {args.lr_size}')
+    if args.repeats < 1 or args.threads < 1:
+        parser.error('--repeats and --threads must be at least 1')
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (1 if the plain-computation check fails)."""
+    args = _parse(argv)
+    arch = 'tiny SRFlow 4X ' + str(TINY_OPTIONS) if args.tiny else 'SRFlow, official DF2K 4X architecture'
+    hr = args.lr_size * 4
+    print(f'{arch}: random weights, eval, no_grad, CPU float32, {args.threads} threads')
+    print(
+        f'LR {args.lr_size}x{args.lr_size} -> SR {hr}x{hr}; time = median of {args.repeats} runs after one warm-up run'
+    )
+    print(
+        'memory = RSS high-water (ru_maxrss) of a fresh process per case during its first run; '
+        '"increase" = that minus the RSS just before the run (weights and inputs already resident)'
+    )
+    results = {}
+    for case in CASES:
+        results[case] = run_in_fresh_process(case, args.lr_size, args.threads, args.repeats, args.tiny, args.seed)
+    width = max(len(label) for label in CASE_LABELS.values())
+    print(f'{"case":<{width}}  {"time [s]":>9}  {"peak RSS [MiB]":>14}  {"increase [MiB]":>14}')
+    for case in CASES:
+        r = results[case]
+        print(
+            f'{CASE_LABELS[case]:<{width}}  {r["time_s"]:>9.3f}  {r["peak_kib"] / 1024:>14.1f}  '
+            f'{r["increase_kib"] / 1024:>14.1f}'
+        )
+    decode = results['decode']['time_s']
+    print(f'naive/decode={results["naive"]["time_s"] / decode:.2f} (what sharing the condition saves)')
+    diff = results['lp_path']['plain_max_abs_diff']
+    ok = math.isfinite(diff) and diff <= PLAIN_TOLERANCE
+    print(
+        f'check: (b) SR vs plain computation: max abs diff {diff:.3g} (SR max abs '
+        f'{results["lp_path"]["sr_max_abs"]:.3g}), tolerance {PLAIN_TOLERANCE:g}: {"OK" if ok else "FAILED"}'
+    )
+    lp_ratio = results['lp_path']['time_s'] / decode
+    extra_ratio = results['extra_decode']['time_s'] / decode
+    print(f'ratios: lp_path/decode={lp_ratio:.2f} extra_decode/decode={extra_ratio:.2f}')
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

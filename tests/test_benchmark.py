@@ -1,0 +1,27 @@
+"""The benchmark CLI runs end to end in its --tiny mode and ends with the ratios line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+
+def test_benchmark_tiny_mode_prints_ratios_last():
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'flowprior_plugin.benchmark', '--tiny', '--threads', '1', '--repeats', '1'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r'ratios: lp_path/decode=\d+\.\d\d extra_decode/decode=\d+\.\d\d', lines[-1]), lines[-1]
+    check = next(line for line in lines if line.startswith('check:'))
+    assert check.endswith('OK')
+    for label in ('(a)', '(b)', '(c)', 'extra decode'):
+        assert any(label in line for line in lines), label
+    assert any('ru_maxrss' in line for line in lines)  # says what the memory column measures
