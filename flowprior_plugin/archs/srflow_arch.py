@@ -15,6 +15,11 @@ Differences from the release, all mathematically neutral:
   ``f`` are kept for checkpoint compatibility but never computed.
 - Loading a checkpoint of another SRFlow configuration raises
   :class:`~flowprior_plugin.errors.CheckpointMismatchError` naming both configurations.
+
+Two facts were settled by the golden vectors of the release, where a literal reading of SRFLOW.md
+differs (both readings were run; only these reproduce the release to 1e-15 in float64):
+``last_lr_fea = t + trunk_conv(t)`` with ``t`` the trunk's output (not ``conv_first``'s), and
+every ``fea_up{2,4,...}`` is taken after its LeakyReLU.
 """
 
 from __future__ import annotations
@@ -412,7 +417,12 @@ def read_srflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, i
     """
     keys = {}
     for key, value in shapes.items():
-        shape = tuple(value.shape) if hasattr(value, 'shape') else tuple(value)
+        if hasattr(value, 'shape'):
+            shape = tuple(value.shape)
+        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
+            shape = tuple(value)
+        else:  # not a tensor (e.g. a nested dict of a wrapped checkpoint): reveals nothing
+            continue
         keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
 
     def shape_of(key: str, dim: int) -> int | None:
@@ -854,7 +864,7 @@ class SRFlowNet(nn.Module):
             return self._run_decode(list(latents), None, self._plain_features(lq))
 
     # ------------------------------------------------------------------ checkpoints
-    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> str | None:
+    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Tensor]) -> str | None:
         """Say which SRFlow configuration a state dict holds if it is not the one of this network.
 
         Reads scale (number of upconvs), nb (RRDB_trunk indices), K and L (flow layers) and the
@@ -864,8 +874,6 @@ class SRFlowNet(nn.Module):
         Args:
             state_dict: A raw state dict (a BasicSR ``{'params': ...}`` wrapper must be unwrapped
                 by the caller).
-            strict: When False, a state dict that reveals no SRFlow architecture (a partial load)
-                is not reported. Default: True.
 
         Returns:
             str | None: "checkpoint holds SRFlow <desc> but the options build SRFlow <desc>", or
@@ -874,8 +882,6 @@ class SRFlowNet(nn.Module):
         ours = read_srflow_architecture(self.state_dict())
         theirs = read_srflow_architecture(state_dict)
         if all(v is None for v in theirs.values()):
-            if not strict:
-                return None
             first = ', '.join(repr(k) for k in list(state_dict)[:3])
             hint = ''
             if any(k in state_dict for k in ('params', 'params_ema')):
@@ -890,15 +896,18 @@ class SRFlowNet(nn.Module):
         extra = [k for k in _EXTRA_FIELDS if k in differ]
         return (
             f'checkpoint holds SRFlow {_describe(theirs, extra)} but the options build SRFlow '
-            f'{_describe(ours, extra)} (differs in: {", ".join(differ)})'
+            f'{_describe(ours, extra)}; they differ in {", ".join(differ)}'
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
-        """As :meth:`torch.nn.Module.load_state_dict`, but a checkpoint of another SRFlow
-        configuration raises :class:`CheckpointMismatchError` naming both configurations first."""
-        message = self.describe_checkpoint_mismatch(state_dict, strict=strict)
-        if message is not None:
-            raise CheckpointMismatchError(message)
+        """As :meth:`torch.nn.Module.load_state_dict`, but with ``strict`` a checkpoint of another
+        SRFlow configuration raises :class:`CheckpointMismatchError` naming both configurations,
+        instead of torch's list of missing and unexpected keys. ``strict=False`` (a deliberate
+        partial load) is passed on to torch unchanged."""
+        if strict:
+            message = self.describe_checkpoint_mismatch(state_dict)
+            if message is not None:
+                raise CheckpointMismatchError(message)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

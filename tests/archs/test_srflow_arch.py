@@ -171,8 +171,13 @@ def test_log_determinant_matches_brute_force_jacobian():
 def test_cached_condition_equals_uncached_and_plain_computation():
     net = tiny_net().double()
     lq, gt = lr_hr(net, dtype=torch.float64)
+    unused = [net.RRDB.HRconv, net.RRDB.conv_last, net.RRDB.upconv2, net.flowUpsamplerNet.f]
+    calls = []
+    for module in unused:
+        module.register_forward_hook(lambda m, i, o: calls.append(m))
     with torch.no_grad():
         cond = net.condition(lq)
+        assert not calls  # HRconv, conv_last, fea_up4 (upconv2) and f are never computed at 4X
         assert isinstance(cond, SRFlowCondition)
         # Only the resolutions the levels use (fea_up2, fea_up1, fea_up0 at 4X), never fea_up4.
         assert sorted(cond.features) == ['fea_up0', 'fea_up1', 'fea_up2']
@@ -364,6 +369,18 @@ def test_loading_another_config_names_both(reference_dir, golden_weights, checkp
     message = str(info.value)
     assert all(word in message for word in words), message
     assert 'but the options build' in message
+
+
+def test_non_strict_partial_load_is_left_to_torch():
+    source = tiny_net(seed=3)
+    rrdb_only = {k: v for k, v in source.state_dict().items() if k.startswith('RRDB.')}
+    net = tiny_net(randomize=False)
+    result = net.load_state_dict(rrdb_only, strict=False)
+    assert result.missing_keys and all(k.startswith('flowUpsamplerNet.') for k in result.missing_keys)
+    assert torch.equal(net.RRDB.conv_first.weight, source.RRDB.conv_first.weight)
+    assert not any(m.initialized for m in net.modules() if isinstance(m, ActNorm))  # flow ActNorms not loaded
+    with pytest.raises(CheckpointMismatchError, match='no SRFlow weights'):
+        net.load_state_dict({'params': source.state_dict()})
 
 
 def test_matching_checkpoint_is_described_as_fitting(reference_dir, golden_weights):
