@@ -205,7 +205,9 @@ class CondAffineSeparatedAndCond(nn.Module):
         eps (float): Added to the sigmoid scales so they never reach 0. Default: 1e-4.
     """
 
-    def __init__(self, in_channels: int, cond_channels: int = 320, hidden_channels: int = 64, eps: float = 1e-4):
+    def __init__(
+        self, in_channels: int, cond_channels: int = 320, hidden_channels: int = 64, eps: float = 1e-4
+    ) -> None:
         super().__init__()
         self.c1 = in_channels // 2
         self.c2 = in_channels - self.c1

@@ -180,7 +180,7 @@ class Conv2dZeros(nn.Module):
         logscale_factor (float): Multiplier of ``logs`` in the exponent. Default: 3.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, logscale_factor: float = 3.0):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, logscale_factor: float = 3.0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -203,7 +203,7 @@ class Conv2dActNorm(nn.Module):
         init_std (float): Standard deviation of the normal weight init. Default: 0.05.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, init_std: float = 0.05):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, init_std: float = 0.05) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.normal_(self.weight, mean=0.0, std=init_std)
