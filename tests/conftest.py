@@ -45,6 +45,16 @@ def _fixed_seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    """Tests never download weights: torch's downloader fails loudly if anything tries."""
+
+    def refuse(url, *args, **kwargs):
+        raise RuntimeError(f'a test tried to download {url}')
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
+
+
 def write_paired_images(root: Path, count: int, hr_size: tuple[int, int], scale: int, seed: int = 0) -> Path:
     """Write ``count`` smooth random HR images and their MATLAB-bicubic LR into BasicSR's
     paired-folder layout (``root/hr``, ``root/lr``). Returns ``root``."""

@@ -92,6 +92,9 @@ def _shrink(opt: dict, data: Path) -> dict:
     for key in list(opt['path']):
         if key.startswith('pretrain_network_'):
             opt['path'][key] = None
+    for metric in ((opt.get('val') or {}).get('metrics') or {}).values():
+        if metric['type'] == 'calculate_lpips':
+            metric['allow_download'] = False  # tests never download
     perceptual = (opt.get('train') or {}).get('perceptual_opt')
     if perceptual:
         perceptual.update(random_weights_for_tests=True, weights_path=None)

@@ -184,6 +184,7 @@ def get_lpips_network(
     weights_path: str | None = None,
     random_backbone_for_tests: bool = False,
     device: str | torch.device | None = None,
+    allow_download: bool = True,
 ) -> torch.nn.Module:
     """The cached ``lpips.LPIPS`` network for these options (built on first use, eval mode, frozen).
 
@@ -195,6 +196,8 @@ def get_lpips_network(
             Default: False.
         device (str | torch.device | None): Where the network runs. Default: None (CUDA if
             available, else CPU).
+        allow_download (bool): Whether the default route may download the backbone; False makes
+            offline runs explicit (a missing file is reported, nothing is fetched). Default: True.
 
     Returns:
         torch.nn.Module: The network; call it with two (n, 3, h, w) RGB tensors in [-1, 1].
@@ -220,6 +223,10 @@ def get_lpips_network(
         source = f'file:{weights_path}'
     else:
         source = 'random' if random_backbone_for_tests else 'torchvision'
+        if source == 'torchvision' and not allow_download and not os.path.isfile(backbone_hub_cache_path(net)):
+            raise MissingWeightsError(
+                _missing_message(net, 'it is not in the torch hub cache and downloads are off (allow_download: false)')
+            )
 
     key = (net, source, str(device))
     model = _NETWORK_CACHE.get(key)
@@ -250,6 +257,7 @@ def calculate_lpips_pt(
     random_backbone_for_tests: bool = False,
     device: str | torch.device | None = None,
     crop_border: int = 0,
+    allow_download: bool = True,
     **kwargs: Any,
 ) -> torch.Tensor:
     """LPIPS of a batch (PyTorch version, like BasicSR's ``calculate_psnr_pt``); lower is better.
@@ -262,6 +270,7 @@ def calculate_lpips_pt(
         random_backbone_for_tests (bool): Random backbone, meaningless scores. Default: False.
         device (str | torch.device | None): Where to compute. Default: None (the device of ``img``).
         crop_border (int): Pixels cropped from each edge first. Default: 0.
+        allow_download (bool): Whether a missing backbone may be downloaded. Default: True.
         **kwargs: Ignored (other options of the validation block).
 
     Returns:
@@ -276,7 +285,7 @@ def calculate_lpips_pt(
         img = img[..., crop_border:-crop_border, crop_border:-crop_border]
         img2 = img2[..., crop_border:-crop_border, crop_border:-crop_border]
     device = img.device if device is None else torch.device(device)
-    model = get_lpips_network(net, weights_path, random_backbone_for_tests, device)
+    model = get_lpips_network(net, weights_path, random_backbone_for_tests, device, allow_download)
     with torch.no_grad():
         # LPIPS is defined on [-1, 1]; BasicSR tensors are [0, 1].
         x = img.to(device, torch.float32) * 2 - 1
@@ -294,6 +303,7 @@ def calculate_lpips(
     device: str | torch.device | None = None,
     crop_border: int = 0,
     input_order: str = 'HWC',
+    allow_download: bool = True,
     **kwargs: Any,
 ) -> float:
     """LPIPS distance between two uint8 BGR images (BasicSR's metric convention); lower is better.
@@ -311,6 +321,8 @@ def calculate_lpips(
         device (str | torch.device | None): Where to compute. Default: None (CUDA if available).
         crop_border (int): Pixels cropped from each edge first. Default: 0.
         input_order (str): 'HWC' or 'CHW'. Default: 'HWC'.
+        allow_download (bool): Whether a missing backbone may be downloaded; set false for
+            offline runs. Default: True.
         **kwargs: Ignored (e.g. ``lq``, ``test_y_channel`` from the validation block).
 
     Returns:
@@ -337,6 +349,6 @@ def calculate_lpips(
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     score = calculate_lpips_pt(
-        to_tensor(a), to_tensor(b), net, weights_path, random_backbone_for_tests, device, crop_border
+        to_tensor(a), to_tensor(b), net, weights_path, random_backbone_for_tests, device, crop_border, allow_download
     )
     return float(score.item())

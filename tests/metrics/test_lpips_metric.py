@@ -224,3 +224,14 @@ def test_bad_options_are_clear_errors(tmp_path, images):
         calculate_lpips(images['a'], images['a'], net='resnet', random_backbone_for_tests=True)
     with pytest.raises(ValueError, match='same shape'):
         calculate_lpips(images['a'], images['a'][:32], random_backbone_for_tests=True)
+
+
+def test_allow_download_false_reports_missing_without_trying(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    attempts = []
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', lambda url, *a, **k: attempts.append(url))
+    lpips_metric.clear_lpips_cache()
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(MissingWeightsError, match='downloads are off'):
+        lpips_metric.calculate_lpips(image, image, allow_download=False)
+    assert attempts == []

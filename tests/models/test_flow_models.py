@@ -33,7 +33,7 @@ METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
     'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
     'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
-    'lpips': {'type': 'calculate_lpips', 'net': 'alex', 'better': 'lower'},
+    'lpips': {'type': 'calculate_lpips', 'net': 'alex', 'better': 'lower', 'allow_download': False},
 }
 
 
