@@ -574,6 +574,14 @@ class SRFlowNet(nn.Module):
         )
         # RRDB resolution factor (0 = half the LR) that conditions each level.
         self._level_factor = {level: scale // 2**level if 2**level <= scale else 0 for level in range(1, L + 1)}
+        # Tensors kept only so official checkpoints load strictly (HRconv, conv_last, f, upconvs above
+        # the finest level's resolution) never get a gradient: freezing them lets DDP and the
+        # optimizer skip them instead of waiting for gradients that never come.
+        top = max(self._level_factor.values())
+        unused = [self.RRDB.HRconv, self.RRDB.conv_last, self.flowUpsamplerNet.f]
+        unused += [getattr(self.RRDB, f'upconv{n}') for n in range(1, self.RRDB.num_upconvs + 1) if 2**n > top]
+        for module in unused:
+            module.requires_grad_(False)
 
     # ------------------------------------------------------------------ checks
     def _check_lq(self, lq: Tensor) -> None:

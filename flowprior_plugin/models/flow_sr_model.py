@@ -76,9 +76,8 @@ class FlowSRModel(FlowBaseModel):
                 for tensor in list(bare.parameters()) + list(bare.buffers()):
                     torch.distributed.broadcast(tensor.data, src=0)
             find_unused = self.opt.get('find_unused_parameters', False)
-            self.net_g = DistributedDataParallel(
-                bare, device_ids=[torch.cuda.current_device()], find_unused_parameters=find_unused
-            )
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            self.net_g = DistributedDataParallel(bare, device_ids=device_ids, find_unused_parameters=find_unused)
             self._defer_ddp = False
         elif self.opt['num_gpu'] > 1 and not isinstance(self.net_g, DataParallel):
             self.net_g = DataParallel(bare)

@@ -390,3 +390,14 @@ def test_matching_checkpoint_is_described_as_fitting(reference_dir, golden_weigh
     assert (arch['scale'], arch['nb'], arch['K'], arch['L'], arch['splits']) == (8, 8, 16, 4, 2)
     wrapped = {'params': state}
     assert 'params' in meta_net('CelebA 8X').describe_checkpoint_mismatch(wrapped)
+
+
+def test_every_trainable_tensor_gets_a_gradient_and_checkpoint_only_ones_are_frozen():
+    # DDP (find_unused_parameters=False) needs a gradient for every tensor that requires one.
+    net = SRFlowNet(nf=8, nb=2, gc=4, K=1, hidden_channels=8, stacked_blocks=[0, 1])
+    lq, gt = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 16, 16)
+    net.nll(lq, gt, dequantize=True).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    frozen = sorted({n.rsplit('.', 1)[0] for n, p in net.named_parameters() if not p.requires_grad})
+    assert missing == []
+    assert frozen == ['RRDB.HRconv', 'RRDB.conv_last', 'RRDB.upconv2', 'flowUpsamplerNet.f.0']
