@@ -25,7 +25,8 @@ from flowprior_plugin.data.demo_photos import DemoDatasetSpec, build_demo_datase
 DATASET_ROOT = Path('datasets/demo_photos')
 REPORT_DIR = Path('results/demo')
 STAGE1, STAGE2, TEST = 'srflow_demo.yml', 'srflow_prior_demo.yml', 'test_srflow_prior_demo.yml'
-STAGE1_NAME, STAGE2_NAME, TEST_NAME, VAL_NAME = 'demo_srflow', 'demo_srflow_prior', 'demo_test', 'demo_val'
+STAGE1_NAME, STAGE2_NAME, TEST_NAME = 'demo_srflow', 'demo_srflow_prior', 'demo_test'
+VAL_NAME, SEEN_NAME = 'demo_val', 'demo_seen'
 QUICK_TRAIN = ['train:total_iter=6', 'logger:print_freq=2', 'datasets:train:batch_size_per_gpu=4']
 _ITER_LINE = re.compile(r'iter:\s*([\d,]+).*?\[eta:\s*([^,]+),.*?\]\s*(.*)$')
 
@@ -91,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = DemoDatasetSpec()
     _, reused = build_demo_dataset(DATASET_ROOT, spec)
     n_train = len(list((DATASET_ROOT / 'train' / 'HR').glob('*.png')))
-    say(('reusing the dataset already there' if reused else 'dataset written') + f': {n_train} training patches, '
-        f'held out: {", ".join(spec.held_out_photos)}')
+    say(
+        ('reusing the dataset already there' if reused else 'dataset written') + f': {n_train} training patches, '
+        f'held out: {", ".join(spec.held_out_photos)}'
+    )
 
     cli = [sys.executable, '-m', 'flowprior_plugin']
     force = ['--force_yml', *QUICK_TRAIN] if args.quick else []
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset_name=VAL_NAME,
         dataset_root=DATASET_ROOT,
         out_dir=REPORT_DIR,
+        seen_dataset_name=SEEN_NAME,
         context={
             'quick': args.quick,
             'spec': spec,

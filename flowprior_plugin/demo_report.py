@@ -129,12 +129,36 @@ def findings(summary: list[dict], skipped: dict[str, str]) -> list[str]:
     return lines
 
 
-def write_report(results: Path, dataset_name: str, dataset_root: Path, out_dir: Path, context: dict) -> Path:
-    """Write ``out_dir/report.md`` with its plot and grids; returns the report's path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _load(results: Path, dataset_name: str) -> tuple[list[dict], dict[str, str]]:
     data = json.loads((results / f'summary_{dataset_name}.json').read_text())
-    summary, skipped = data['methods'], data.get('skipped_metrics', {})
+    return data['methods'], data.get('skipped_metrics', {})
+
+
+def markdown_table(summary: list[dict]) -> list[str]:
+    """The comparison table: one row per method, one column per metric, then non-finite counts."""
     metrics = [k for k in summary[0] if k not in ('method', 'images', 'nonfinite')]
+    header = ['method', *[METRIC_LABELS.get(m, m) for m in metrics], 'non-finite images']
+    table = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for entry in summary:
+        cells = [entry['method'].replace('tau', 'τ = '), *[_fmt(entry[m], 4) for m in metrics], str(entry['nonfinite'])]
+        table.append('| ' + ' | '.join(cells) + ' |')
+    return table
+
+
+def write_report(
+    results: Path,
+    dataset_name: str,
+    dataset_root: Path,
+    out_dir: Path,
+    context: dict,
+    seen_dataset_name: str | None = None,
+) -> Path:
+    """Write ``out_dir/report.md`` with its plot and grids; returns the report's path.
+
+    ``dataset_name`` is the held-out set (table, findings, plot, grids); ``seen_dataset_name``, if
+    given, a few training patches evaluated the same way (an in-distribution check)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary, skipped = _load(results, dataset_name)
 
     plot_metrics_vs_temperature(summary, out_dir / 'psnr_vs_tau.png')
     with open(results / f'metrics_{dataset_name}.csv') as handle:
@@ -156,14 +180,26 @@ def write_report(results: Path, dataset_name: str, dataset_root: Path, out_dir: 
 
     spec, timings, iters = context['spec'], context['timings'], context['iterations']
     nll, latent = context.get('nll') or [], context.get('latent') or []
-    header = ['method', *[METRIC_LABELS.get(m, m) for m in metrics], 'non-finite images']
-    table = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for entry in summary:
-        cells = [entry['method'].replace('tau', 'τ = '), *[_fmt(entry[m], 4) for m in metrics], str(entry['nonfinite'])]
-        table.append('| ' + ' | '.join(cells) + ' |')
+    seen_section = []
+    if seen_dataset_name is not None:
+        seen, _ = _load(results, seen_dataset_name)
+        seen_section = [
+            f'## In-distribution check: {seen[0]["images"]} of the training patches',
+            'The same comparison on patches the prior was trained on: if the prior wins here but not on the '
+            'held-out photos, it learned something that does not generalise from this small dataset.',
+            '',
+            *markdown_table(seen),
+            '',
+            *[f'- {line}' for line in findings(seen, {}) if 'was not computed' not in line],
+            '',
+        ]
 
     def trajectory(values: list[float], unit: str) -> str:
-        return f'{values[0]:.4g} → {values[-1]:.4g} {unit} over the logged iterations' if values else 'not logged'
+        if len(values) < 2:
+            return 'not logged'
+        k = max(1, len(values) // 10)  # mean of the first and last tenth of the logged values
+        first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+        return f'{first:.4g} → {last:.4g} {unit} (mean of the first and last {k} logged values)'
 
     text = [
         '# flowprior-plugin demo: the learned prior against temperature sampling',
@@ -187,11 +223,12 @@ def write_report(results: Path, dataset_name: str, dataset_root: Path, out_dir: 
         f'- Evaluation (`basicsr test`): {timings["test"]:.0f} s.',
         '',
         '## Results on the held-out photos',
-        *table,
+        *markdown_table(summary),
         '',
         '## What this run showed',
         *[f'- {line}' for line in findings(summary, skipped)],
         '',
+        *seen_section,
         '## Plot',
         '![PSNR and LR-PSNR against temperature](psnr_vs_tau.png)',
         '',

@@ -38,7 +38,9 @@ def test_quick_demo_writes_report_plot_and_grids(tmp_path):
     report = (demo / 'report.md').read_text()
     rows = [line for line in report.splitlines() if line.startswith('| ') and 'method' not in line]
     methods = [row.split('|')[1].strip() for row in rows]
-    assert methods == ['prior', 'τ = 0', 'τ = 0.3', 'τ = 0.6', 'τ = 0.9']
+    expected = ['prior', 'τ = 0', 'τ = 0.3', 'τ = 0.6', 'τ = 0.9']
+    assert methods == expected * 2  # held-out photos, then the in-distribution check
+    assert 'In-distribution check: 8 of the training patches' in report
     assert 'QUICK mode' in report and 'LPIPS was not computed' in report
     assert (demo / 'psnr_vs_tau.png').stat().st_size > 10_000
     assert sorted(p.name for p in demo.glob('grid_*.png')) == ['grid_chelsea.png', 'grid_grace_hopper.png']

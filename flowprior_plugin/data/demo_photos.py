@@ -6,6 +6,7 @@ only. LR images are made with BasicSR's MATLAB-style bicubic, as DIV2K's are. Th
 BasicSR's paired-folder layout::
 
     root/train/HR/*.png  root/train/LR/*.png   (patches)
+    root/seen/HR/*.png   root/seen/LR/*.png    (a few training patches: an in-distribution check)
     root/val/HR/*.png    root/val/LR/*.png     (held-out photos, centre crops)
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 
 TRAIN_PHOTOS = ('astronaut', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'retina', 'motorcycle')
 HELD_OUT_PHOTOS = ('chelsea', 'grace_hopper')
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -58,6 +59,7 @@ class DemoDatasetSpec:
     max_side: int = 512  # photos are first shrunk (area) so their longer side is at most this
     patch: int = 96  # HR training patch size (stride = patch)
     val_crop: int = 192  # HR centre crop of each held-out photo
+    seen_patches: int = 8  # training patches also evaluated (spread evenly over the patch list)
     train_photos: tuple[str, ...] = TRAIN_PHOTOS
     held_out_photos: tuple[str, ...] = HELD_OUT_PHOTOS
     version: int = FORMAT_VERSION
@@ -97,17 +99,23 @@ def build_demo_dataset(root: str | Path, spec: DemoDatasetSpec | None = None) ->
     wanted = json.loads(json.dumps(asdict(spec)))  # tuples -> lists, as read back from JSON
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return root, True
-    for split in ('train', 'val'):
+    for split in ('train', 'seen', 'val'):
         for sub in ('HR', 'LR'):
             for old in (root / split / sub).glob('*.png'):
                 old.unlink()
     m = spec.scale
+    patches = []
     for name in spec.train_photos:
         photo = _shrink(load_photo(name), spec.max_side)
         h, w = photo.shape[:2]
         for y in range(0, h - spec.patch + 1, spec.patch):
             for x in range(0, w - spec.patch + 1, spec.patch):
-                _write_pair(root, 'train', f'{name}_{y:04d}_{x:04d}', photo[y : y + spec.patch, x : x + spec.patch], m)
+                patches.append((f'{name}_{y:04d}_{x:04d}', photo[y : y + spec.patch, x : x + spec.patch]))
+    for patch_name, patch in patches:
+        _write_pair(root, 'train', patch_name, patch, m)
+    step = max(1, len(patches) // max(1, spec.seen_patches))
+    for patch_name, patch in patches[::step][: spec.seen_patches]:
+        _write_pair(root, 'seen', patch_name, patch, m)
     for name in spec.held_out_photos:
         photo = _shrink(load_photo(name), spec.max_side)
         h, w = photo.shape[:2]
