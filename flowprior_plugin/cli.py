@@ -36,9 +36,7 @@ def _add_basicsr_flags(parser: argparse.ArgumentParser) -> None:
         help='job launcher. Default: none.',
     )
     parser.add_argument('--auto_resume', action='store_true', help='resume from the newest training state')
-    parser.add_argument(
-        '--debug', action='store_true', help="BasicSR's debug mode (frequent logs, tiny runs)"
-    )
+    parser.add_argument('--debug', action='store_true', help="BasicSR's debug mode (frequent logs, tiny runs)")
     parser.add_argument('--local_rank', type=int, default=0, help='set by older torch launchers')
     parser.add_argument(
         '--force_yml',

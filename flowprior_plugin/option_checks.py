@@ -51,9 +51,7 @@ def _check_type(problems: list[str], where: str, entry: Any, registry_name: str)
     name = entry['type']
     if registry is not None and not _registered(registry, str(name)):
         known = ', '.join(sorted(registry.keys()))
-        problems.append(
-            f"{where}: unknown {registry_name} type '{name}'. Registered {registry_name} types: {known}"
-        )
+        problems.append(f"{where}: unknown {registry_name} type '{name}'. Registered {registry_name} types: {known}")
 
 
 def check_options(opt: dict, is_train: bool, source: str = 'options', check_paths: bool = True) -> list[str]:
@@ -77,9 +75,7 @@ def check_options(opt: dict, is_train: bool, source: str = 'options', check_path
         if key.startswith('network_'):
             _check_type(problems, f'{source}: {key}.type', value, 'arch')
             if isinstance(value, dict):
-                _check_type(
-                    problems, f'{source}: {key}.generator.type', value.get('generator'), 'latent_generator'
-                )
+                _check_type(problems, f'{source}: {key}.generator.type', value.get('generator'), 'latent_generator')
     for phase, dataset in (opt.get('datasets') or {}).items():
         if not isinstance(dataset, dict):
             continue

@@ -4,6 +4,5 @@ import importlib
 from pathlib import Path
 
 _modules = [
-    importlib.import_module(f'{__name__}.{path.stem}')
-    for path in sorted(Path(__file__).parent.glob('*_model.py'))
+    importlib.import_module(f'{__name__}.{path.stem}') for path in sorted(Path(__file__).parent.glob('*_model.py'))
 ]

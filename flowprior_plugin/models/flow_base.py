@@ -176,12 +176,8 @@ class FlowBaseModel(SRModel):
         if tb_logger:
             for entry in summary:
                 for key, value in entry.items():
-                    if key not in ('method', 'images') and not (
-                        isinstance(value, float) and math.isnan(value)
-                    ):
-                        tb_logger.add_scalar(
-                            f'metrics/{dataset_name}/{entry["method"]}/{key}', value, current_iter
-                        )
+                    if key not in ('method', 'images') and not (isinstance(value, float) and math.isnan(value)):
+                        tb_logger.add_scalar(f'metrics/{dataset_name}/{entry["method"]}/{key}', value, current_iter)
 
     def _write_test_tables(self, rows, summary, dataset_name, skipped) -> None:
         root = self.opt['path']['results_root']
@@ -194,9 +190,7 @@ class FlowBaseModel(SRModel):
         with open(osp.join(root, f'summary_{dataset_name}.md'), 'w') as handle:
             handle.write(format_summary(summary, dataset_name, None, skipped, markdown=True))
         with open(osp.join(root, f'summary_{dataset_name}.json'), 'w') as handle:
-            json.dump(
-                {'dataset': dataset_name, 'methods': summary, 'skipped_metrics': skipped}, handle, indent=2
-            )
+            json.dump({'dataset': dataset_name, 'methods': summary, 'skipped_metrics': skipped}, handle, indent=2)
         get_root_logger().info(f'Per-image metrics: {csv_path}; summary: summary_{dataset_name}.md')
 
 
@@ -230,9 +224,7 @@ def format_summary(
         lines += [title, '  ' + '  '.join(f'{h:>12}' for h in header)]
     for entry in summary:
         cells = [entry['method']] + [_fmt(entry[c]) for c in columns]
-        lines.append(
-            '| ' + ' | '.join(cells) + ' |' if markdown else '  ' + '  '.join(f'{c:>12}' for c in cells)
-        )
+        lines.append('| ' + ' | '.join(cells) + ' |' if markdown else '  ' + '  '.join(f'{c:>12}' for c in cells))
     for name, reason in skipped.items():
         lines.append(('' if not markdown else '\n') + f'{name} skipped: {reason}')
     return '\n'.join(lines) + '\n'

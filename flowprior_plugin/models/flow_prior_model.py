@@ -114,9 +114,7 @@ class FlowPriorModel(FlowBaseModel):
         train_opt = self.opt['train']
         latent_opt, perceptual_opt = train_opt.get('latent_opt'), train_opt.get('perceptual_opt')
         if not latent_opt and not perceptual_opt:
-            raise OptionError(
-                'FlowPriorModel: set train.latent_opt and/or train.perceptual_opt (both are missing)'
-            )
+            raise OptionError('FlowPriorModel: set train.latent_opt and/or train.perceptual_opt (both are missing)')
         self.cri_latent = build_loss(latent_opt).to(self.device) if latent_opt else None
         self.cri_perceptual = build_loss(perceptual_opt).to(self.device) if perceptual_opt else None
         self.net_g.train()

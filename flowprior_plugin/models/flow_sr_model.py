@@ -111,9 +111,7 @@ class FlowSRModel(FlowBaseModel):
             cond = flow.condition(lq)
             by_name = {method_name(t): t for t in self.temperatures()}
             return {
-                name: flow.decode(
-                    lq, flow.sample_latents(lq, by_name[name], generator=generator, cond=cond), cond=cond
-                )
+                name: flow.decode(lq, flow.sample_latents(lq, by_name[name], generator=generator, cond=cond), cond=cond)
                 for name in methods
             }
         finally:
