@@ -173,3 +173,38 @@ def test_resume_state_path_without_cuda(tmp_path, tiny_data):
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / 'experiments' / 'explicit' / 'training_states' / '3.state', weights_only=False)
     assert state['iter'] == 3
+
+
+def test_other_plugins_declared_under_the_entry_point_group_are_loaded(monkeypatch):
+    import importlib.metadata
+    import types
+
+    from flowprior_plugin import cli
+
+    plugin = types.ModuleType('fake_sr_plugin')
+    plugin.loaded = False
+    monkeypatch.setitem(sys.modules, 'fake_sr_plugin', plugin)
+
+    class Entry:
+        def __init__(self, value):
+            self.value = value
+
+        def load(self):
+            module = importlib.import_module(self.value)
+            module.loaded = True
+            return module
+
+    def entry_points(group):
+        assert group == 'basicsr.plugins'
+        return [Entry('flowprior_plugin'), Entry('fake_sr_plugin')]
+
+    monkeypatch.setattr(importlib.metadata, 'entry_points', entry_points)
+    assert cli.load_plugins() == ['flowprior_plugin', 'fake_sr_plugin']
+    assert plugin.loaded
+
+
+def test_our_entry_point_is_declared():
+    import importlib.metadata
+
+    values = [e.value for e in importlib.metadata.entry_points(group='basicsr.plugins')]
+    assert 'flowprior_plugin' in values

@@ -19,6 +19,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import torch.nn.functional as F
+from basicsr.archs import build_network
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
@@ -71,6 +72,23 @@ class FlowBaseModel(SRModel):
             ) from None
         except CheckpointMismatchError as exc:
             raise CheckpointMismatchError(f'{load_path}: {exc}') from None
+
+    # ---------------------------------------------------------------- training
+    def setup_ema(self) -> None:
+        """BasicSR's EMA copy of ``network_g`` (``train.ema_decay`` > 0), loaded from
+        ``params_ema`` when a pretrained file is given, else copied from ``net_g``."""
+        self.ema_decay = self.opt['train'].get('ema_decay', 0)
+        if self.ema_decay <= 0:
+            return
+        get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+        self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+        load_path = self.opt['path'].get('pretrain_network_g')
+        if load_path is not None:
+            strict = self.opt['path'].get('strict_load_g', True)
+            self.load_network(self.net_g_ema, load_path, strict, 'params_ema')
+        else:
+            self.model_ema(0)
+        self.net_g_ema.eval()
 
     # ---------------------------------------------------------------- methods
     def evaluation_methods(self) -> list[str]:

@@ -118,17 +118,7 @@ class FlowPriorModel(FlowBaseModel):
         self.cri_latent = build_loss(latent_opt).to(self.device) if latent_opt else None
         self.cri_perceptual = build_loss(perceptual_opt).to(self.device) if perceptual_opt else None
         self.net_g.train()
-        self.ema_decay = train_opt.get('ema_decay', 0)
-        if self.ema_decay > 0:
-            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
-            load_path = self.opt['path'].get('pretrain_network_g')
-            if load_path is not None:
-                strict = self.opt['path'].get('strict_load_g', True)
-                self.load_network(self.net_g_ema, load_path, strict, 'params_ema')
-            else:
-                self.model_ema(0)
-            self.net_g_ema.eval()
+        self.setup_ema()
         self.setup_optimizers()
         self.setup_schedulers()
 

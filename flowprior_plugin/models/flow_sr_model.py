@@ -46,19 +46,7 @@ class FlowSRModel(FlowBaseModel):
     def init_training_settings(self):
         self.net_g.train()
         train_opt = self.opt['train']
-        self.ema_decay = train_opt.get('ema_decay', 0)
-        if self.ema_decay > 0:
-            from basicsr.archs import build_network
-
-            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
-            load_path = self.opt['path'].get('pretrain_network_g')
-            if load_path is not None:
-                strict = self.opt['path'].get('strict_load_g', True)
-                self.load_network(self.net_g_ema, load_path, strict, 'params_ema')
-            else:
-                self.model_ema(0)
-            self.net_g_ema.eval()
+        self.setup_ema()
         self.nll_weight = float(train_opt.get('nll_weight', 1.0))
         self._first_batch_done = False
         self.setup_optimizers()

@@ -70,6 +70,17 @@ def prior_model(tmp_path, **overrides) -> FlowPriorModel:
     return FlowPriorModel(finalize_options(opt, tmp_path, is_train=True))
 
 
+def _flow_opt() -> dict:
+    return {
+        'name': 'flow',
+        'model_type': 'FlowSRModel',
+        'scale': 4,
+        'network_g': dict(TINY_SRFLOW),
+        'path': {},
+        'train': _train_opt(),
+    }
+
+
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -175,14 +186,7 @@ def test_validation_compares_prior_with_temperatures(tmp_path):
 
 
 def test_nll_decreases_during_likelihood_training(tmp_path):
-    opt = {
-        'name': 'flow',
-        'model_type': 'FlowSRModel',
-        'scale': 4,
-        'network_g': dict(TINY_SRFLOW),
-        'path': {},
-        'train': _train_opt(),
-    }
+    opt = _flow_opt()
     model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
     batch = _batch(seed=3, n=4, lr=4)
     losses = []
@@ -196,14 +200,7 @@ def test_nll_decreases_during_likelihood_training(tmp_path):
 
 
 def test_actnorm_initialised_from_first_batch_not_over_loaded_weights(tmp_path):
-    opt = {
-        'name': 'flow',
-        'model_type': 'FlowSRModel',
-        'scale': 4,
-        'network_g': dict(TINY_SRFLOW),
-        'path': {},
-        'train': _train_opt(),
-    }
+    opt = _flow_opt()
     model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
     actnorm_key = next(k for k in model.net_g.state_dict() if k.endswith('actnorm.bias'))
     assert torch.count_nonzero(model.net_g.state_dict()[actnorm_key]) == 0
@@ -218,3 +215,17 @@ def test_actnorm_initialised_from_first_batch_not_over_loaded_weights(tmp_path):
     assert reloaded.get_bare_model(reloaded.net_g).initialize_from_batch(_batch(5)['lq'], _batch(5)['gt']) is False
     for key, value in reloaded.net_g.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_ema_copy_is_saved_beside_the_prior(tmp_path):
+    train = _train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}, ema_decay=0.5)
+    model = prior_model(tmp_path, train=train)
+    for step in range(2):
+        model.feed_data(_batch(step))
+        model.optimize_parameters(step + 1)
+    model.save(epoch=0, current_iter=2)
+    saved = torch.load(tmp_path / 'experiments' / 'prior' / 'models' / 'net_g_2.pth', weights_only=True)
+    assert set(saved) == {'params', 'params_ema'}
+    differs = [k for k in saved['params'] if not torch.equal(saved['params'][k], saved['params_ema'][k])]
+    assert differs, 'the EMA copy should lag behind the trained weights'
+    assert model.prior_net is model.net_g_ema  # evaluation uses the EMA copy
