@@ -44,6 +44,11 @@ def _registered(registry, name: str) -> bool:
     return name in registry or f'{name}_basicsr' in registry
 
 
+def _where(path: str) -> str:
+    # BasicSR resolves relative paths against the current directory: say which one that was.
+    return path if os.path.isabs(path) else f'{path} (relative to {os.getcwd()})'
+
+
 def _check_type(problems: list[str], where: str, entry: Any, registry_name: str) -> None:
     if not isinstance(entry, dict) or 'type' not in entry:
         return
@@ -84,7 +89,7 @@ def check_options(opt: dict, is_train: bool, source: str = 'options', check_path
             for root_key in ('dataroot_gt', 'dataroot_lq'):
                 root = dataset.get(root_key)
                 if root and not os.path.exists(root):
-                    problems.append(f'{source}: datasets.{phase}.{root_key}: no such folder: {root}')
+                    problems.append(f'{source}: datasets.{phase}.{root_key}: no such folder: {_where(root)}')
     if is_train:
         for key, value in (opt.get('train') or {}).items():
             if key.endswith('_opt') and not key.startswith(_NON_LOSS_TRAIN_KEYS):
@@ -93,7 +98,7 @@ def check_options(opt: dict, is_train: bool, source: str = 'options', check_path
         _check_type(problems, f'{source}: val.metrics.{name}.type', metric, 'metric')
     for key, value in (opt.get('path') or {}).items():
         if check_paths and key.startswith('pretrain_network_') and value and not os.path.isfile(value):
-            problems.append(f'{source}: path.{key}: no such file: {value}')
+            problems.append(f'{source}: path.{key}: no such file: {_where(value)}')
     return problems
 
 
