@@ -45,6 +45,7 @@ from flowprior_plugin.layers.flow_layers import (
     cross_split,
     gaussian_log_prob,
     squeeze2d,
+    standardize_per_pixel,  # shared with HCFlow; still importable from here
     unsqueeze2d,
 )
 from flowprior_plugin.layers.rrdb import RRDB
@@ -919,11 +920,3 @@ class SRFlowNet(nn.Module):
             if message is not None:
                 raise CheckpointMismatchError(message)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def standardize_per_pixel(z: Tensor) -> Tensor:
-    """``(z - mean_c) / (std_c + 1e-8)`` per pixel across channels (unbiased std): the learned
-    prior's standardisation of latents."""
-    mean = z.mean(dim=1, keepdim=True)
-    std = z.std(dim=1, keepdim=True, unbiased=True)
-    return (z - mean) / (std + 1e-8)

@@ -231,3 +231,11 @@ def gaussian_log_prob(x: Tensor, mean: Tensor | None = None, logs: Tensor | None
 def cross_split(h: Tensor) -> tuple[Tensor, Tensor]:
     """The releases' "cross" split: even channels and odd channels, ``(h[:, 0::2], h[:, 1::2])``."""
     return h[:, 0::2], h[:, 1::2]
+
+
+def standardize_per_pixel(z: Tensor) -> Tensor:
+    """``(z - mean_c) / (std_c + 1e-8)`` per pixel across channels (unbiased std): the learned
+    prior's standardisation of latents (shared by every flow's ``initial_prior``)."""
+    mean = z.mean(dim=1, keepdim=True)
+    std = z.std(dim=1, keepdim=True, unbiased=True)
+    return (z - mean) / (std + 1e-8)

@@ -1,0 +1,395 @@
+"""HCFlowNet: checkpoint format, golden vectors of the release, flow invariants, caching, training."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from basicsr.archs import build_network
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from flowprior_plugin.archs.hcflow_arch import (
+    HCFlowCondition,
+    HCFlowNet,
+    official_hcflow_options,
+    read_hcflow_architecture,
+)
+from flowprior_plugin.benchmark import randomize_parameters_
+from flowprior_plugin.errors import CheckpointMismatchError
+from flowprior_plugin.flow_protocol import check_flow_protocol
+from flowprior_plugin.layers.flow_layers import ActNorm, gaussian_log_prob
+
+KEY_FILES = {'DF2K 4X': 'hcflow_SR_DF2K_4X_keys.txt', 'CelebA 8X': 'hcflow_SR_CelebA_8X_keys.txt'}
+GOLDEN = {'DF2K 4X': 'hcflow_SR_DF2K_4X_seed0.pt', 'CelebA 8X': 'hcflow_SR_CelebA_8X_seed0.pt'}
+TINY = dict(nf=8, nb=1, gc=4, K=3, n_additional_steps=2, hidden_channels=8)
+
+
+def tiny_net(scale: int = 4, randomize: bool = True, seed: int = 0, **overrides) -> HCFlowNet:
+    torch.manual_seed(seed)
+    net = HCFlowNet(scale=scale, **{**TINY, **overrides})
+    if randomize:
+        randomize_parameters_(net, torch.Generator().manual_seed(seed))
+    return net.eval()
+
+
+def meta_net(config: str) -> HCFlowNet:
+    """Official architecture without allocating or initialising its parameters."""
+    with torch.device('meta'):
+        return HCFlowNet(**official_hcflow_options(config))
+
+
+def key_list(reference_dir, golden_weights, config: str) -> list[tuple[str, tuple[int, ...]]]:
+    return golden_weights.read_keys(reference_dir / KEY_FILES[config])
+
+
+def meta_state_dict(pairs) -> dict[str, torch.Tensor]:
+    return {key: torch.empty(shape, device='meta') for key, shape in pairs}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def lr_hr(net: HCFlowNet, h: int = 3, w: int = 5, batch: int = 2, dtype=torch.float32, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    lq = torch.rand(batch, 3, h, w, generator=g, dtype=dtype)
+    gt = torch.rand(batch, 3, h * net.scale, w * net.scale, generator=g, dtype=dtype)
+    return lq, gt
+
+
+# ---------------------------------------------------------------- checkpoint format
+
+
+@pytest.mark.parametrize('config', list(KEY_FILES))
+def test_state_dict_matches_official_key_list(reference_dir, golden_weights, config):
+    expected = key_list(reference_dir, golden_weights, config)
+    header = (reference_dir / KEY_FILES[config]).read_text()
+    totals = re.search(r'num tensors (\d+), params (\d+)', header)
+    ours = [(k, tuple(v.shape)) for k, v in meta_net(config).state_dict().items()]
+
+    assert ours == expected  # same keys, same shapes, same order
+    assert len(ours) == int(totals.group(1))
+    assert sum(math.prod(shape) for _, shape in ours) == int(totals.group(2))
+    if config == 'DF2K 4X':
+        assert int(totals.group(2)) == 23_232_539
+
+
+def test_latent_channels_shapes_and_protocol():
+    assert meta_net('DF2K 4X').latent_channels() == [6, 21]
+    assert meta_net('CelebA 8X').latent_channels() == [6, 12, 45]
+    net = tiny_net(randomize=False)
+    assert ARCH_REGISTRY.get('HCFlowNet') is HCFlowNet
+    check_flow_protocol(net)
+    assert net.scale == 4 and net.lr_multiple == 1  # any LR size: no odd-size padding needed
+    assert net.latent_shapes((2, 3, 5, 7)) == [(2, 6, 10, 14), (2, 21, 5, 7)]
+    assert tiny_net(scale=8, randomize=False).latent_shapes((1, 3, 3, 2)) == [
+        (1, 6, 12, 8),
+        (1, 12, 6, 4),
+        (1, 45, 3, 2),
+    ]
+
+
+def test_built_from_yml_options():
+    net = build_network({'type': 'HCFlowNet', 'scale': 8, **TINY, 'quant': 32, 'lr_noise_logstd': -2.0})
+    assert isinstance(net, HCFlowNet) and net.scale == 8 and net.quant == 32 and net.lr_noise_logstd == -2.0
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match='power of 2'):
+        HCFlowNet(scale=3, **TINY)
+    with pytest.raises(ValueError, match='n_additional_steps must be between 0 and K'):
+        HCFlowNet(**{**TINY, 'n_additional_steps': 4})
+
+
+# ---------------------------------------------------------------- golden vectors of the release
+
+
+@pytest.mark.parametrize('config', list(GOLDEN))
+def test_golden_vectors_of_the_release(reference_dir, golden_weights, config):
+    golden = torch.load(reference_dir / 'golden' / GOLDEN[config], weights_only=True)
+    state = golden_weights.golden_state_dict(reference_dir / KEY_FILES[config], dtype=torch.float64)
+    net = HCFlowNet(**official_hcflow_options(config)).double().eval()
+    net.load_state_dict(state, strict=True)
+    hr, lq = golden['hr'], golden['lr']
+    # The golden decode starts from the flow's own LR, so encode conditioned on the given LR and
+    # the release's encode from the HR alone (conditioned on its own LR) coincide here.
+    assert torch.equal(lq, golden['encoded_lr'])
+    with torch.no_grad():
+        released, own_lr = net.encode_hr(hr)
+        cond = net.condition(lq)
+        latents, encoded_lr = net.encode_with_lr(lq, hr, cond=cond)
+        sr = net.decode(lq, golden['decode_latents'], cond=cond)
+
+    assert rel_err(own_lr, golden['encoded_lr']) < 1e-6
+    assert rel_err(encoded_lr, golden['encoded_lr']) < 1e-6
+    assert [z.shape for z in latents] == [z.shape for z in golden['latents']]
+    for ours, theirs, ref in zip(latents, released, golden['latents']):
+        assert rel_err(ours, ref) < 1e-6
+        assert rel_err(theirs, ref) < 1e-6
+    assert rel_err(sr, golden['sr_unclamped']) < 1e-6
+
+
+# ---------------------------------------------------------------- flow invariants
+
+
+@pytest.mark.parametrize('scale', [4, 8])
+def test_round_trips_with_every_parameter_randomised(scale):
+    net = tiny_net(scale=scale).double()
+    all_zero = [name for name, p in net.named_parameters() if not p.detach().abs().gt(0).any()]
+    assert not all_zero, f'parameters left at zero: {all_zero}'
+    lq, gt = lr_hr(net, h=2, w=3, dtype=torch.float64)
+    with torch.no_grad():
+        # Exact: encode -> decode with the flow's own LR (the release's encode from the HR alone).
+        latents, own_lr = net.encode_hr(gt)
+        assert [tuple(z.shape) for z in latents] == net.latent_shapes(lq.shape)
+        assert (net.decode(own_lr, latents) - gt).abs().max().item() < 1e-10
+        assert all(torch.equal(a, b) for a, b in zip(net.encode(own_lr, gt), latents))
+
+        # Not exact: encode -> decode with the real LR. Its conditional part is inverted exactly,
+        # but the reverse pass starts from the real LR instead of the flow's own.
+        real = net.decode(lq, net.encode(lq, gt))
+        assert (real - gt).abs().max().item() > 1e-3
+
+        # Exact: decode -> encode with the real LR (the forward pass gives back that LR as y).
+        eps = net.sample_latents(lq, 0.8, torch.Generator().manual_seed(4))
+        back, y = net.encode_with_lr(lq, net.decode(lq, eps))
+        assert (y - lq).abs().max().item() < 1e-10
+        assert all((a - b).abs().max().item() < 1e-9 for a, b in zip(back, eps))
+
+
+def test_log_determinant_matches_brute_force_jacobian():
+    net = tiny_net(scale=4, nf=4, gc=4, K=2, n_additional_steps=1, hidden_channels=4).double()
+    lq, gt = lr_hr(net, h=2, w=2, batch=1, dtype=torch.float64)
+    cond = net.condition(lq)
+
+    def flat_outputs(x):  # x -> (the flow's own LR, eps_0, eps_1): a bijection
+        latents, y = net.encode_with_lr(lq, x.view_as(gt), cond=cond)
+        return torch.cat([y.flatten(), *[z.flatten() for z in latents]])
+
+    jac = torch.autograd.functional.jacobian(flat_outputs, gt.flatten())
+    assert jac.shape == (gt.numel(), gt.numel())
+    brute = torch.linalg.slogdet(jac)[1]
+
+    # nll * ln2 * HW = -(log|det J| + sum_l log N(eps_l; 0, I) + log N(lq; y, exp(-3)^2)): the
+    # standardised latents are standard normal under the model, so the implied log-det follows.
+    with torch.no_grad():
+        num_pixels = gt.shape[2] * gt.shape[3]
+        nll = net.nll(lq, gt, cond=cond)
+        latents, y = net.encode_with_lr(lq, gt, cond=cond)
+        log_prior = sum(gaussian_log_prob(z) for z in latents)
+        log_prior = log_prior + gaussian_log_prob(lq, y, torch.full_like(lq, -3.0))
+        implied = -nll * math.log(2) * num_pixels - log_prior
+    assert torch.allclose(implied, brute, rtol=1e-9, atol=1e-9)
+
+
+def test_cached_condition_equals_uncached_and_plain_computation():
+    net = tiny_net(scale=8).double()
+    lq, gt = lr_hr(net, h=2, w=3, dtype=torch.float64)
+    coarsest_trunk = net.flow.level2_condFlow.RRDB_trunk0
+    finer_trunk = net.flow.level0_condFlow.RRDB_trunk0
+    calls = []
+    coarsest_trunk.register_forward_hook(lambda m, i, o: calls.append('coarsest'))
+    finer_trunk.register_forward_hook(lambda m, i, o: calls.append('finer'))
+    with torch.no_grad():
+        cond = net.condition(lq)
+        assert isinstance(cond, HCFlowCondition) and sorted(cond.first_terms) == [0, 1]
+        assert calls == ['coarsest']
+        calls.clear()
+        latents = net.encode(lq, gt, cond=cond)
+        sr = net.decode(lq, latents, cond=cond)
+        # With a cached condition the coarsest condition network never runs again; the finer
+        # ones depend on kept channels (HR in encode, reverse pass in decode) and always run.
+        assert calls == ['finer', 'finer']
+
+        for cached, fresh in zip(latents, net.encode(lq, gt)):
+            assert torch.equal(cached, fresh)
+        assert torch.equal(sr, net.decode(lq, latents))
+        assert torch.equal(net.nll(lq, gt, cond=cond), net.nll(lq, gt))
+        # The factorised convolutions equal the release's plain concatenated ones.
+        for ours, plain in zip(latents, net.plain_encode(lq, gt)):
+            assert torch.allclose(ours, plain, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(sr, net.plain_decode(lq, latents), atol=1e-12)
+
+
+def test_condition_for_another_lr_is_rejected():
+    net = tiny_net(randomize=False)
+    lq, _ = lr_hr(net)
+    cond = net.condition(lq[:1])
+    with pytest.raises(ValueError, match='conditioning was computed for an LR of shape'):
+        net.decode(lq, net.sample_latents(lq, 0.0), cond=cond)
+    with pytest.raises(TypeError, match='HCFlowCondition'):
+        net.decode(lq, net.sample_latents(lq, 0.0), cond=object())
+
+
+def test_decode_mutates_nothing_and_is_differentiable():
+    net = tiny_net(randomize=False).train()  # fresh: ActNorms uninitialised, training mode
+    lq, _ = lr_hr(net)
+    lq_before = lq.clone()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    latents = [z.requires_grad_() for z in net.sample_latents(lq, 0.8, torch.Generator().manual_seed(3))]
+    snapshot = [z.detach().clone() for z in latents]
+    listed = list(latents)
+
+    sr = net.decode(lq, latents)
+    sr.square().sum().backward()
+
+    assert latents == listed and all(a is b for a, b in zip(latents, listed))
+    assert all(torch.equal(z.detach(), s) for z, s in zip(latents, snapshot))
+    assert torch.equal(lq, lq_before)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(m.initialized for m in net.modules() if isinstance(m, ActNorm))
+    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in latents)
+
+
+def test_sample_latents_shapes_zero_temperature_and_dtype():
+    net = tiny_net(randomize=False)
+    lq = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    zeros = net.sample_latents(lq, 0.0)
+    assert [tuple(z.shape) for z in zeros] == [(2, 6, 10, 14), (2, 21, 5, 7)]
+    assert all(z.dtype == torch.float64 and not z.any() for z in zeros)
+    a = net.sample_latents(lq, 0.7, torch.Generator().manual_seed(5))
+    b = net.sample_latents(lq, 0.7, torch.Generator().manual_seed(5))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    big = net.sample_latents(torch.rand(4, 3, 32, 32), 0.7)[0]
+    assert abs(big.std().item() - 0.7) < 0.02
+    with torch.no_grad():  # temperature 0 decodes the per-level means
+        assert torch.isfinite(net(lq.float())).all()
+
+
+def test_initial_prior_is_standardised_encoding_of_the_upsampled_lr():
+    net = tiny_net()
+    lq, _ = lr_hr(net)
+    with torch.no_grad():
+        z0 = net.initial_prior(lq)
+        up = F.interpolate(lq, scale_factor=4, mode='bilinear', align_corners=False)
+        raw = net.encode(lq, up)
+    assert [z.shape for z in z0] == [z.shape for z in raw]
+    for z in z0:
+        assert z.mean(dim=1).abs().max() < 1e-5
+        assert (z.std(dim=1, unbiased=True) - 1).abs().max() < 1e-4
+
+
+def test_nll_is_finite_and_dequantised_nll_is_noisy_nll_plus_log2_quant():
+    net = tiny_net().double()
+    lq, gt = lr_hr(net, dtype=torch.float64)
+    with torch.no_grad():
+        plain = net.nll(lq, gt)
+        nll = net.nll(lq, gt, dequantize=True, generator=torch.Generator().manual_seed(7))
+        noise = torch.rand(gt.shape, generator=torch.Generator().manual_seed(7), dtype=gt.dtype)
+        manual = net.nll(lq, gt + noise / net.quant) + math.log2(net.quant)  # U(0, 1)/quant, not centred
+        forward = net(lq, gt)
+    assert plain.shape == (2,) and torch.isfinite(plain).all()
+    assert torch.allclose(nll, manual, rtol=1e-12)
+    assert torch.equal(forward, plain)
+
+
+# ---------------------------------------------------------------- ActNorm initialisation, training
+
+
+def test_initialize_from_batch_runs_once_and_never_overwrites_loaded_weights():
+    net = tiny_net(randomize=False)
+    lq, gt = lr_hr(net)
+    assert net.initialize_from_batch(lq, gt) is True
+    assert not net.training
+    norms = [m for m in net.modules() if isinstance(m, ActNorm)]
+    assert all(m.initialized for m in norms) and all(m.logs.abs().sum() > 0 for m in norms)
+    assert net.initialize_from_batch(lq, gt) is False
+
+    state = {k: v.clone() for k, v in tiny_net(seed=2).state_dict().items()}
+    loaded = tiny_net(randomize=False)
+    loaded.load_state_dict(state)
+    assert loaded.initialize_from_batch(lq, gt) is False
+    loaded.train()
+    loaded.nll(lq, gt).mean().backward()
+    assert all(torch.equal(state[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_every_trainable_tensor_gets_a_gradient_and_checkpoint_only_ones_are_frozen():
+    # DDP (find_unused_parameters=False) needs a gradient for every tensor that requires one.
+    net = tiny_net(scale=8, randomize=False)
+    lq, gt = torch.rand(1, 3, 2, 2), torch.rand(1, 3, 16, 16)
+    net.nll(lq, gt, dequantize=True).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert missing == []
+    assert frozen == []  # HCFlow has no checkpoint-only tensor: every one takes part in the NLL
+
+
+def test_tiny_config_trains_with_decreasing_nll():
+    net = tiny_net(randomize=False)
+    lq, gt = lr_hr(net, h=4, w=4, batch=4, seed=3)
+    lq = F.interpolate(gt, scale_factor=0.25, mode='area')  # an LR the flow can learn to match
+    net.initialize_from_batch(lq, gt)
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        loss = net(lq, gt, dequantize=True).mean()  # through forward, as DDP would
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = net.nll(lq, gt, dequantize=True).mean().item()
+    assert all(math.isfinite(v) for v in losses)
+    assert final < losses[0] - 0.5, losses + [final]
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 6, losses
+
+
+# ---------------------------------------------------------------- errors with a clear message
+
+
+def test_wrong_gt_and_latents_raise_clear_messages():
+    net = tiny_net(randomize=False)
+    lq = torch.rand(1, 3, 4, 6)
+    with pytest.raises(ValueError, match=r'exactly 4x the LR.*\(1, 3, 16, 24\).*\(1, 3, 16, 20\)'):
+        net.encode(lq, torch.rand(1, 3, 16, 20))
+    with pytest.raises(ValueError, match='expects latents of shapes'):
+        net.decode(lq, net.sample_latents(torch.rand(1, 3, 4, 8), 0.0))
+    with pytest.raises(ValueError, match=r'expects an LR of shape \(B, 3, h, w\)'):
+        net.condition(torch.rand(1, 1, 4, 6))
+    with pytest.raises(ValueError, match='multiples of 4'):
+        net.encode_hr(torch.rand(1, 3, 16, 18))
+
+
+@pytest.mark.parametrize(
+    ('checkpoint', 'options'),
+    [('CelebA 8X', 'DF2K 4X'), ('DF2K 4X', 'CelebA 8X')],
+)
+def test_loading_another_config_names_both(reference_dir, golden_weights, checkpoint, options):
+    state = meta_state_dict(key_list(reference_dir, golden_weights, checkpoint))
+    net = meta_net(options)
+    with pytest.raises(CheckpointMismatchError) as info:
+        net.load_state_dict(state)
+    message = str(info.value)
+    ours_scale, theirs_scale = options.split()[1], checkpoint.split()[1]
+    assert f'checkpoint holds HCFlow {theirs_scale}' in message, message
+    assert f'the official {checkpoint} config' in message and f'the official {options} config' in message, message
+    assert f'options build HCFlow {ours_scale}' in message, message
+    assert 'nb=5' in message and 'nb=7' in message, message
+
+
+def test_other_checkpoints_and_partial_loads(reference_dir, golden_weights):
+    net = tiny_net(randomize=False)
+    srflow = meta_state_dict(golden_weights.read_keys(reference_dir / 'srflow_DF2K_4X_keys.txt'))
+    with pytest.raises(CheckpointMismatchError, match='SRFlow checkpoint'):
+        meta_net('DF2K 4X').load_state_dict(srflow)
+    with pytest.raises(CheckpointMismatchError, match=r"pass state_dict\['params'\]"):
+        net.load_state_dict({'params': net.state_dict()})
+
+    source = tiny_net(seed=3)
+    main_only = {k: v for k, v in source.state_dict().items() if k.startswith('flow.layers.')}
+    result = net.load_state_dict(main_only, strict=False)  # a deliberate partial load goes to torch
+    assert result.missing_keys and all('_condFlow.' in k for k in result.missing_keys)
+    assert torch.equal(net.flow.layers[1].permute.weight, source.flow.layers[1].permute.weight)
+
+
+def test_matching_checkpoint_is_described_as_fitting(reference_dir, golden_weights):
+    state = meta_state_dict(key_list(reference_dir, golden_weights, 'CelebA 8X'))
+    assert meta_net('CelebA 8X').describe_checkpoint_mismatch(state) is None
+    arch = read_hcflow_architecture(state)
+    assert arch == dict(scale=8, nb=5, K=26, n_additional_steps=13, nf=64, gc=32, in_nc=3, hidden_channels=64), arch
+    assert read_hcflow_architecture(meta_net('DF2K 4X').state_dict())['nb'] == 7
