@@ -9,6 +9,10 @@ The authors' released SRFlow-LP checkpoint (``{'prior_model': {'name': 'unet', '
 :func:`convert_srflow_lp_state_dict` renames its keys to ours, and
 :meth:`LatentPriorNet.load_state_dict` recognises that layout and converts it on the fly, so
 BasicSR's ``load_network`` reads the file directly with ``param_key_g: prior_model``.
+
+The released LINF-LP module (same file layout, keys without a level index) is this network with
+``latent_channels: [27]``, 32 prior and 32 LR features, ``lr_encoder_stride: 3`` and the same UNet;
+:func:`convert_linf_lp_state_dict` and the same automatic recognition handle it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,35 @@ _OURS_TO_RELEASE = (
 )
 _RELEASE_KEY = re.compile(r'^(?:module\.)?input_proj\d+\.conv1\.weight$')
 
+# Released LINF-LP key -> our key (one latent level, so the release's keys carry no level index).
+_LINF_RELEASE_TO_OURS = (
+    (re.compile(r'^input_proj\.(conv[1-5]\.(?:weight|bias))$'), r'levels.0.prior_encoder.\1'),
+    (re.compile(r'^lr_proj\.0\.(weight|bias)$'), r'levels.0.lr_encoder.0.\1'),
+    (re.compile(r'^lr_proj\.2\.(conv[1-5]\.(?:weight|bias))$'), r'levels.0.lr_encoder.2.\1'),
+    (re.compile(r'^inc\.double_conv\.(.+)$'), r'levels.0.generator.stem.\1'),
+    (
+        re.compile(r'^down_layers\.(\d+)\.maxpool_conv\.1\.double_conv\.(.+)$'),
+        r'levels.0.generator.downs.\1.conv.\2',
+    ),
+    (re.compile(r'^up_layers\.(\d+)\.conv\.double_conv\.(.+)$'), r'levels.0.generator.ups.\1.conv.\2'),
+    (re.compile(r'^outc\.conv\.(weight|bias)$'), r'levels.0.head.\1'),
+)
+_LINF_OURS_TO_RELEASE = (
+    (re.compile(r'^levels\.0\.prior_encoder\.(conv[1-5]\.(?:weight|bias))$'), r'input_proj.\1'),
+    (re.compile(r'^levels\.0\.lr_encoder\.0\.(weight|bias)$'), r'lr_proj.0.\1'),
+    (re.compile(r'^levels\.0\.lr_encoder\.2\.(conv[1-5]\.(?:weight|bias))$'), r'lr_proj.2.\1'),
+    (re.compile(r'^levels\.0\.generator\.stem\.(.+)$'), r'inc.double_conv.\1'),
+    (
+        re.compile(r'^levels\.0\.generator\.downs\.(\d+)\.conv\.(.+)$'),
+        r'down_layers.\1.maxpool_conv.1.double_conv.\2',
+    ),
+    (re.compile(r'^levels\.0\.generator\.ups\.(\d+)\.conv\.(.+)$'), r'up_layers.\1.conv.double_conv.\2'),
+    (re.compile(r'^levels\.0\.head\.(weight|bias)$'), r'outc.conv.\1'),
+)
+_LINF_RELEASE_KEY = re.compile(r'^(?:module\.)?(?:input_proj\.conv1\.weight|lr_proj\.0\.weight)$')
+# The released LINF-LP LR encoder: a 3x3 conv with stride 3 on the LR image itself.
+LINF_LP_LR_ENCODER_STRIDE = 3
+
 
 def _rename(keys: Mapping[str, Any], rules: Sequence[tuple[re.Pattern, str]], what: str) -> OrderedDict:
     out = OrderedDict()
@@ -70,17 +103,39 @@ def _rename(keys: Mapping[str, Any], rules: Sequence[tuple[re.Pattern, str]], wh
     return out
 
 
+def _release_state_dict(obj: Mapping) -> Mapping | None:
+    """The bare state dict inside a released file or its ``{'name', 'args', 'sd'}`` part, else None."""
+    if isinstance(obj.get('prior_model'), Mapping) and isinstance(obj['prior_model'].get('sd'), Mapping):
+        return obj['prior_model']['sd']
+    if isinstance(obj.get('sd'), Mapping):
+        return obj['sd']
+    return None
+
+
+def is_linf_lp_release(obj: Any) -> bool:
+    """Whether ``obj`` is the authors' LINF-LP latent module or a part of it.
+
+    Recognised: the whole file (``{'prior_model': {...}}``), its inner ``{'name', 'args', 'sd'}``
+    dict, or the bare released state dict (keys such as ``input_proj.conv1.weight``,
+    ``lr_proj.0.weight``: no level index, unlike SRFlow-LP).
+    """
+    if not isinstance(obj, Mapping):
+        return False
+    inner = _release_state_dict(obj)
+    keys = inner if inner is not None else obj
+    return any(isinstance(k, str) and _LINF_RELEASE_KEY.match(k) for k in keys)
+
+
 def is_srflow_lp_release(obj: Any) -> bool:
     """Whether ``obj`` is the authors' SRFlow-LP checkpoint or a part of it.
 
     Recognised: the whole file (``{'prior_model': {...}}``), its inner ``{'name', 'args', 'sd'}``
-    dict, or the bare released state dict (keys such as ``input_proj0.conv1.weight``).
+    dict, or the bare released state dict (keys such as ``input_proj0.conv1.weight``). A file in
+    the same layout with LINF-LP keys is not (see :func:`is_linf_lp_release`).
     """
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, Mapping) or is_linf_lp_release(obj):
         return False
-    if isinstance(obj.get('prior_model'), Mapping) and 'sd' in obj['prior_model']:
-        return True
-    if isinstance(obj.get('sd'), Mapping):
+    if _release_state_dict(obj) is not None:
         return True
     return any(isinstance(k, str) and _RELEASE_KEY.match(k) for k in obj)
 
@@ -132,6 +187,66 @@ def convert_srflow_lp_state_dict(released: Mapping) -> OrderedDict:
             'only the released bilinear UNet is supported'
         )
     return _rename(sd, _RELEASE_TO_OURS, 'SRFlow-LP checkpoint')
+
+
+def convert_linf_lp_state_dict(released: Mapping) -> OrderedDict:
+    """Rename the authors' released LINF-LP latent module to :class:`LatentPriorNet` keys.
+
+    The result loads into ``LatentPriorNet(latent_channels=[27], prior_features=32,
+    lr_features=32, lr_encoder=True, lr_encoder_stride=3, generator={'type': 'UNet', 'depth': 3,
+    'width': 64})`` (see :data:`LINF_LP_RELEASE_OPTIONS`).
+
+    Args:
+        released: The whole loaded file (``{'prior_model': {'name', 'args', 'sd'}}``), the inner
+            ``prior_model`` dict, or the bare state dict. Not modified.
+
+    Returns:
+        Our state dict (same tensors, new keys, release order kept).
+
+    Raises:
+        CheckpointMismatchError: The file is not a bilinear UNet LINF-LP module, or holds keys
+            this conversion does not know.
+    """
+    if not is_linf_lp_release(released):
+        raise CheckpointMismatchError(
+            'not a LINF-LP checkpoint: expected {"prior_model": {"name", "args", "sd"}} with keys like '
+            'input_proj.conv1.weight and lr_proj.0.weight'
+        )
+    sd, header = _unwrap_release(released)
+    name = header.get('name', 'unet')
+    args = header.get('args') or {}
+    if name != 'unet':
+        raise CheckpointMismatchError(
+            f'the LINF-LP checkpoint holds a {name!r} latent module; only the released "unet" is supported'
+        )
+    if isinstance(args, Mapping) and args.get('bilinear', True) is False:
+        raise CheckpointMismatchError(
+            'the LINF-LP checkpoint holds a UNet with transposed-conv upsampling (bilinear: False); '
+            'only the released bilinear UNet is supported'
+        )
+    return _rename(sd, _LINF_RELEASE_TO_OURS, 'LINF-LP checkpoint')
+
+
+def to_linf_lp_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict:
+    """Rename single-level :class:`LatentPriorNet` weights (UNet, LR encoder) to the released
+    LINF-LP keys; the inverse of :func:`convert_linf_lp_state_dict`.
+
+    Raises:
+        CheckpointMismatchError: The weights have parts the release cannot hold (a second latent
+            level, a generator other than UNet, a UNet output projection).
+    """
+    return _rename(state_dict, _LINF_OURS_TO_RELEASE, 'LatentPriorNet weights in the LINF-LP layout')
+
+
+# Options of LatentPriorNet that load the released LINF-LP module.
+LINF_LP_RELEASE_OPTIONS: dict[str, Any] = {
+    'latent_channels': [27],
+    'generator': {'type': 'UNet', 'depth': 3, 'width': 64},
+    'prior_features': 32,
+    'lr_encoder': True,
+    'lr_features': 32,
+    'lr_encoder_stride': LINF_LP_LR_ENCODER_STRIDE,
+}
 
 
 def to_srflow_lp_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict:
@@ -206,13 +321,17 @@ class _LevelBranch(nn.Module):
         lr_features: int,
         in_nc: int,
         level: int,
+        lr_encoder_stride: int = 1,
     ) -> None:
         super().__init__()
         self.prior_encoder = DenseBlock5(channels, prior_features, growth=prior_features)
+        self.lr_encoder_stride = lr_encoder_stride
         if lr_encoder:
             # As the authors' LINF-LP LR encoder: conv to the level's width, then a dense block.
+            # Stride 1 resizes the LR to the level's grid first; a larger stride convolves the LR
+            # itself (padding 1, as released) and resizes the features afterwards.
             self.lr_encoder = nn.Sequential(
-                nn.Conv2d(in_nc, channels, 3, padding=1),
+                nn.Conv2d(in_nc, channels, 3, stride=lr_encoder_stride, padding=1),
                 nn.LeakyReLU(0.2, inplace=True),
                 DenseBlock5(channels, lr_features, growth=lr_features),
             )
@@ -226,8 +345,17 @@ class _LevelBranch(nn.Module):
         features = self.prior_encoder(z)
         if self.lr_encoder is not None:
             # align_corners False: the LR and latent grids cover the same image area.
-            lr = F.interpolate(lq, size=z.shape[-2:], mode='bilinear', align_corners=False)
-            features = torch.cat([features, self.lr_encoder(lr)], dim=1)
+            if self.lr_encoder_stride == 1:
+                lr_features = self.lr_encoder(
+                    F.interpolate(lq, size=z.shape[-2:], mode='bilinear', align_corners=False)
+                )
+            else:
+                # The released LINF-LP order (settled by its golden vectors): strided conv on the LR,
+                # LeakyReLU, dense block, then a bilinear resize only when the grids differ.
+                lr_features = self.lr_encoder(lq)
+                if lr_features.shape[-2:] != z.shape[-2:]:
+                    lr_features = F.interpolate(lr_features, size=z.shape[-2:], mode='bilinear', align_corners=False)
+            features = torch.cat([features, lr_features], dim=1)
         return self.head(self.generator(features))
 
 
@@ -237,8 +365,11 @@ class LatentPriorNet(nn.Module):
 
     Each level i: ``levels.{i}.prior_encoder`` (dense block, C_i -> ``prior_features``);
     ``levels.{i}.lr_encoder`` when enabled (the LR bilinearly resized to the level's grid ->
-    3x3 conv to C_i -> LeakyReLU 0.2 -> dense block -> ``lr_features``); the concatenated
-    features go through ``levels.{i}.generator``, then ``levels.{i}.head`` (1x1 conv) back to C_i.
+    3x3 conv to C_i -> LeakyReLU 0.2 -> dense block -> ``lr_features``; with
+    ``lr_encoder_stride`` s > 1 the conv has stride s and reads the LR itself, and the features are
+    resized to the level's grid afterwards, as in the released LINF-LP); the concatenated
+    [prior, LR] features go through ``levels.{i}.generator``, then ``levels.{i}.head`` (1x1 conv)
+    back to C_i.
 
     Args:
         latent_channels (list[int]): Channels of each latent level, in the flow's latent order.
@@ -253,6 +384,9 @@ class LatentPriorNet(nn.Module):
             ``false`` to load it). Default: True.
         lr_features (int): Output (and growth) width of each LR encoder. Default: 64.
         in_nc (int): Channels of the LR image. Default: 3.
+        lr_encoder_stride (int): Stride of the LR encoder's first conv. 1 (the default) resizes the
+            LR to each level's grid before the conv; the released LINF-LP uses 3 (its 3x3-patch
+            latent grid), convolving the LR image itself. Default: 1.
     """
 
     def __init__(
@@ -263,6 +397,7 @@ class LatentPriorNet(nn.Module):
         lr_encoder: bool = True,
         lr_features: int = 64,
         in_nc: int = 3,
+        lr_encoder_stride: int = 1,
     ) -> None:
         super().__init__()
         if not latent_channels:
@@ -273,7 +408,12 @@ class LatentPriorNet(nn.Module):
             )
         if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in latent_channels):
             raise OptionError(f'LatentPriorNet: latent_channels must be positive integers, got {list(latent_channels)}')
-        for name, value in (('prior_features', prior_features), ('lr_features', lr_features), ('in_nc', in_nc)):
+        for name, value in (
+            ('prior_features', prior_features),
+            ('lr_features', lr_features),
+            ('in_nc', in_nc),
+            ('lr_encoder_stride', lr_encoder_stride),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise OptionError(f'LatentPriorNet: {name} must be a positive integer, got {value!r}')
         gen_opt = dict(DEFAULT_GENERATOR if generator is None else generator)
@@ -283,8 +423,11 @@ class LatentPriorNet(nn.Module):
         self.latent_channels = list(latent_channels)
         self.use_lr_encoder = bool(lr_encoder)
         self.in_nc = in_nc
+        self.lr_encoder_stride = lr_encoder_stride
         self.levels = nn.ModuleList(
-            _LevelBranch(c, gen_opt, generator_out, prior_features, self.use_lr_encoder, lr_features, in_nc, i)
+            _LevelBranch(
+                c, gen_opt, generator_out, prior_features, self.use_lr_encoder, lr_features, in_nc, i, lr_encoder_stride
+            )
             for i, c in enumerate(self.latent_channels)
         )
 
@@ -330,11 +473,13 @@ class LatentPriorNet(nn.Module):
         return [branch(lq, z) for branch, z in zip(self.levels, z0)]
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """Load our own weights or the authors' released SRFlow-LP checkpoint.
+        """Load our own weights or the authors' released SRFlow-LP or LINF-LP checkpoint.
 
-        The released layout (the whole file, its ``prior_model`` dict as BasicSR's
+        The released layouts (the whole file, its ``prior_model`` dict as BasicSR's
         ``load_network`` hands it over with ``param_key_g: prior_model``, or its bare state
-        dict) is converted with :func:`convert_srflow_lp_state_dict` first.
+        dict) are converted with :func:`convert_srflow_lp_state_dict` or
+        :func:`convert_linf_lp_state_dict` first. A LINF-LP file also needs
+        ``lr_encoder_stride: 3`` (the stride is not stored in the file).
 
         Args:
             state_dict: Weights in either layout.
@@ -349,7 +494,19 @@ class LatentPriorNet(nn.Module):
                 which option to change).
         """
         source = 'the checkpoint'
-        if is_srflow_lp_release(state_dict):
+        if is_linf_lp_release(state_dict):
+            state_dict = convert_linf_lp_state_dict(state_dict)
+            source = "the authors' LINF-LP checkpoint"
+            # The stride is not in the file; with another stride the same tensors would load
+            # silently and compute something else.
+            if self.use_lr_encoder and self.lr_encoder_stride != LINF_LP_LR_ENCODER_STRIDE:
+                raise CheckpointMismatchError(
+                    f'{source} needs lr_encoder_stride: {LINF_LP_LR_ENCODER_STRIDE} (its LR encoder convolves '
+                    f'the LR image with stride {LINF_LP_LR_ENCODER_STRIDE}); the options build '
+                    f'lr_encoder_stride: {self.lr_encoder_stride}. To fix: set lr_encoder_stride: '
+                    f'{LINF_LP_LR_ENCODER_STRIDE} in the network options.'
+                )
+        elif is_srflow_lp_release(state_dict):
             state_dict = convert_srflow_lp_state_dict(state_dict)
             source = "the authors' SRFlow-LP checkpoint"
         self._check_compatible(state_dict, strict, source)

@@ -11,8 +11,13 @@ from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 
 from flowprior_plugin.archs.latent_prior_arch import (
+    LINF_LP_RELEASE_OPTIONS,
     LatentPriorNet,
+    convert_linf_lp_state_dict,
     convert_srflow_lp_state_dict,
+    is_linf_lp_release,
+    is_srflow_lp_release,
+    to_linf_lp_state_dict,
     to_srflow_lp_state_dict,
 )
 from flowprior_plugin.errors import CheckpointMismatchError, OptionError
@@ -233,3 +238,115 @@ def test_option_errors():
     generator = {'type': 'UNet', 'depth': 1, 'width': 4, 'out_channels': 6}
     net = LatentPriorNet(latent_channels=[3], generator=generator, prior_features=4, lr_encoder=False)
     assert generator['out_channels'] == 6 and net.levels[0].head.in_channels == 6
+
+
+# ---------------------------------------------------------------- LINF-LP (the released 3x3-patch LINF module)
+
+LINF_LP_ARGS = {'in_chans': 3, 'depth': 3, 'dim': 64, 'bilinear': True}
+
+
+@pytest.fixture(scope='module')
+def linf_lp_file(tmp_path_factory, reference_dir, golden_weights) -> Path:
+    """The LINF-LP golden weights saved in exactly the released file format."""
+    sd = golden_weights.golden_state_dict(reference_dir / 'linf_lp_unet_keys.txt', dtype=torch.float64)
+    path = tmp_path_factory.mktemp('release') / 'LINF-LP.pth'
+    torch.save({'prior_model': {'name': 'unet', 'args': dict(LINF_LP_ARGS), 'sd': sd}}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def linf_lp_net(linf_lp_file) -> LatentPriorNet:
+    net = LatentPriorNet(**LINF_LP_RELEASE_OPTIONS)
+    net.double()  # before loading: float64 weights into float32 parameters would be rounded
+    net.load_state_dict(torch.load(linf_lp_file, weights_only=True), strict=True)
+    return net.eval()
+
+
+def test_linf_lp_golden_through_our_loader(reference_dir, linf_lp_net):
+    golden = torch.load(reference_dir / 'golden' / 'linf_lp_unet_seed0.pt', weights_only=True)
+    assert golden['args'] == LINF_LP_ARGS
+    assert n_params(linf_lp_net) == 4582223
+    # The LR (10 x 14) goes through the stride-3 conv (4 x 5), then is resized to the 14 x 19 grid.
+    assert golden['lr'].shape[-2:] == (10, 14) and golden['z_in'].shape == (1, 27, 14, 19)
+    with torch.no_grad():
+        (z_out,) = linf_lp_net(golden['lr'], [golden['z_in']])
+    assert z_out.shape == golden['z_out'].shape
+    # float64 weights in a float64 net match the release to rounding (the brief asks for 1e-6).
+    assert ((z_out - golden['z_out']).abs().max() / golden['z_out'].abs().max()).item() < 1e-9
+
+
+def test_linf_lp_through_basicsr_load_network(linf_lp_file, linf_lp_net):
+    net = build_network({'type': 'LatentPriorNet', **LINF_LP_RELEASE_OPTIONS}).double()
+    _BasicSRLoader().load_network(net, str(linf_lp_file), strict=True, param_key='prior_model')
+    ours, theirs = linf_lp_net.state_dict(), net.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_linf_lp_converter_forms_and_round_trip(linf_lp_file, linf_lp_net):
+    whole = torch.load(linf_lp_file, weights_only=True)
+    sd = whole['prior_model']['sd']
+    converted = convert_linf_lp_state_dict(whole)
+    for form in (whole['prior_model'], sd, {f'module.{k}': v for k, v in sd.items()}):
+        assert is_linf_lp_release(form) and not is_srflow_lp_release(form)
+        assert list(convert_linf_lp_state_dict(form)) == list(converted)
+    back = to_linf_lp_state_dict(converted)
+    assert list(back) == list(sd) and all(back[k] is sd[k] for k in sd)
+    loaded = linf_lp_net.state_dict()
+    assert set(loaded) == set(converted) and all(torch.equal(loaded[k], v) for k, v in converted.items())
+    with pytest.raises(CheckpointMismatchError, match='unknown|no counterpart'):
+        convert_srflow_lp_state_dict({'input_proj0.conv1.weight': torch.zeros(1), 'lr_proj.9.x': torch.zeros(1)})
+    with pytest.raises(CheckpointMismatchError, match='not a LINF-LP checkpoint'):
+        convert_linf_lp_state_dict({'prior_model': {'name': 'unet', 'sd': {'input_proj0.conv1.weight': 0}}})
+
+
+def test_linf_lp_file_needs_stride_3_and_the_lr_encoder(linf_lp_file):
+    released = torch.load(linf_lp_file, weights_only=True)
+    # Same tensor shapes at stride 1, so without this check the file would load and compute nonsense.
+    with pytest.raises(CheckpointMismatchError, match='needs lr_encoder_stride: 3.*set lr_encoder_stride: 3'):
+        LatentPriorNet(**dict(LINF_LP_RELEASE_OPTIONS, lr_encoder_stride=1)).load_state_dict(released)
+    with pytest.raises(CheckpointMismatchError, match='LINF-LP checkpoint holds .*set lr_encoder: true'):
+        LatentPriorNet(**dict(LINF_LP_RELEASE_OPTIONS, lr_encoder=False)).load_state_dict(released)
+
+
+def test_strided_lr_encoder_resizes_only_when_needed(monkeypatch):
+    options = dict(LINF_LP_RELEASE_OPTIONS, generator={'type': 'UNet', 'depth': 1, 'width': 4})
+    net = LatentPriorNet(**dict(options, prior_features=4, lr_features=4)).eval()
+    resized = []
+    interpolate = torch.nn.functional.interpolate
+
+    def recording(*args, **kwargs):
+        if kwargs.get('size') is not None:  # the UNet's own x2 upsampling passes scale_factor
+            resized.append(tuple(kwargs['size']))
+        return interpolate(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, 'interpolate', recording)
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 12, 15), [torch.randn(2, 27, 4, 5)])  # stride 3 gives 4 x 5 already
+        assert out[0].shape == (2, 27, 4, 5) and not resized
+        out = net(torch.rand(2, 3, 10, 14), [torch.randn(2, 27, 14, 19)])  # 4 x 5 -> 14 x 19
+        assert out[0].shape == (2, 27, 14, 19) and resized == [(14, 19)]
+    with pytest.raises(OptionError, match='lr_encoder_stride must be a positive integer'):
+        LatentPriorNet(latent_channels=[27], lr_encoder_stride=0)
+
+
+def test_linf_convert_script_on_the_lp_file(tmp_path, capsys):
+    options = dict(LINF_LP_RELEASE_OPTIONS, generator={'type': 'UNet', 'depth': 1, 'width': 4})
+    options.update(prior_features=4, lr_features=4)
+    source = LatentPriorNet(**options)
+    for p in source.parameters():
+        torch.nn.init.normal_(p)
+    released = tmp_path / 'tiny-LINF-LP.pth'
+    torch.save(
+        {'prior_model': {'name': 'unet', 'args': {}, 'sd': to_linf_lp_state_dict(source.state_dict())}}, released
+    )
+    spec = importlib.util.spec_from_file_location('convert_linf', REPO_ROOT / 'integrations' / 'convert_linf.py')
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / 'converted.pth'
+    assert script.main([str(released), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'type: LatentPriorNet' in printed and 'lr_encoder_stride: 3' in printed and 'lr_encoder: true' in printed
+    net = LatentPriorNet(**options)
+    _BasicSRLoader().load_network(net, str(out), strict=True)
+    ours, theirs = source.state_dict(), net.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
