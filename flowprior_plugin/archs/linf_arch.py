@@ -1,0 +1,668 @@
+"""LINF (Yao et al., CVPR 2023): Local Implicit Normalizing Flow for arbitrary-scale super-resolution.
+
+Written from the architecture description in the team's reference notes (``LINF.md``); parameter
+names and shapes are those of the released checkpoints (a file format), so the official
+``edsr-baseline-linf.pth``, ``rrdb-linf.pth`` and the 3x3-patch (LINF-LP) files load with
+``strict=True``.
+
+An encoder turns the LR image into features; for every HR query location (one pixel, or the centre
+of a non-overlapping 3x3 HR patch) local implicit Fourier features of the four nearest LR cells go
+through an MLP that predicts the affine parameters of a small flow on that location's values
+(3 colours, or the 27 values of the patch). The flow models the HR *residual*: HR minus the
+bilinearly upsampled LR. Images inside the network are in [-1, 1].
+
+How this implementation is organised (all mathematically neutral):
+
+- :meth:`LINFNet.condition` computes everything that depends on the LR alone (encoder features and
+  the ``coef``/``freq`` maps) once, for any number of encodes/decodes at any output size.
+- The per-query work is split into chunks of ``query_chunk`` queries (memory), with the same
+  results as one batch.
+- Each linear map's inverse is cached (see :class:`~flowprior_plugin.layers.pointwise_flow.InvertibleLinear`).
+
+Facts settled by the golden vectors of the release (float64, 1e-12 relative or better), where
+``LINF.md`` leaves a choice open:
+
+- the EDSR-baseline encoder applies neither ``sub_mean`` nor ``add_mean`` (they are in the
+  checkpoint only) and returns ``head + body(head)``; the RRDB encoder returns
+  ``f + trunk_conv(trunk(f))`` with ``f = conv_first(lr)`` (ESRGAN's trunk, not SRFlow's variant);
+- ``freq`` is split into contiguous halves: channels [0, 128) pair with the row offset, [128, 256)
+  with the column offset;
+- each linear map is ``y = W x + b`` (``F.linear`` with the stored ``_weight``);
+- the four neighbours are concatenated with the row offset in the outer loop (-1, +1) and the
+  column offset in the inner loop, each multiplied by its bilinear weight;
+- each bilinear area is ``|rel_row * rel_col| + 1e-9`` (the epsilon is not in LINF.md; without it
+  the golden vectors differ by 1e-9, with it by 1e-15);
+- the coordinate grids (query coordinates and LR cell centres) are computed in float32 and then
+  cast, even in a float64 run, while the bilinear base of the residual samples the LR at
+  coordinates of the working dtype;
+- in patch mode a query whose patch centre falls in the zero padding gets the coordinate (0, 0)
+  (both coordinates, as the whole coordinate grid is zero-padded), the cell is computed from the
+  unpadded HR size, and the residual is zero in the padding (the residual of the unpadded image,
+  zero-padded at the bottom and right);
+- a patch's 27 values are ordered channel * 9 + 3 * row + column (``pixel_unshuffle`` /
+  ``pixel_shuffle`` order).
+
+The per-pixel model (``patch_size`` 1) has no golden vectors; it is the same code with D = 3, no
+padding and one query per HR pixel centre, and its key lists and parameter totals are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import Tensor, nn
+
+from flowprior_plugin.errors import CheckpointMismatchError
+from flowprior_plugin.flow_protocol import FlowCondition, Latents
+from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
+from flowprior_plugin.layers.local_fourier import local_fourier_features, make_coord
+from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
+from flowprior_plugin.layers.rrdb_encoder import RRDBEncoder
+
+ENCODERS = ('edsr_baseline', 'rrdb')
+# Default encoder sizes: those of the released checkpoints.
+_ENCODER_DEFAULTS: dict[str, dict[str, int]] = {
+    'edsr_baseline': dict(nf=64, num_blocks=16),
+    'rrdb': dict(nf=64, nb=23, gc=32),
+}
+# The released checkpoints and the constructor arguments that load them.
+LINF_OFFICIAL_CONFIGS: dict[str, dict[str, Any]] = {
+    'edsr-baseline-linf': dict(encoder='edsr_baseline', patch_size=1),
+    'rrdb-linf': dict(encoder='rrdb', patch_size=1),
+    'edsr-baseline-linf-patch': dict(encoder='edsr_baseline', patch_size=3),
+    'rrdb-linf-patch': dict(encoder='rrdb', patch_size=3),
+}
+# Images are normalised to [-1, 1] inside the network: (x - 0.5) / 0.5.
+_DATA_MEAN = 0.5
+_DATA_STD = 0.5
+
+
+@dataclass
+class LINFCondition(FlowCondition):
+    """Everything LINF computes from the LR alone (see :meth:`LINFNet.condition`).
+
+    Attributes:
+        lr: The LR image in the network's range [-1, 1] (B, 3, h, w), for the bilinear base.
+        coef: Amplitude map (B, hidden_dim, h, w).
+        freq: Frequency map (B, hidden_dim, h, w).
+    """
+
+    lr: Tensor
+    coef: Tensor
+    freq: Tensor
+
+
+def to_model_range(x: Tensor) -> Tensor:
+    """[0, 1] images -> the network's [-1, 1] range."""
+    return (x - _DATA_MEAN) / _DATA_STD
+
+
+def from_model_range(x: Tensor) -> Tensor:
+    """The network's [-1, 1] range -> [0, 1] images (not clamped)."""
+    return x * _DATA_STD + _DATA_MEAN
+
+
+def official_linf_options(name: str) -> dict[str, Any]:
+    """Constructor arguments of :class:`LINFNet` for a released checkpoint (see ``LINF_OFFICIAL_CONFIGS``)."""
+    if name not in LINF_OFFICIAL_CONFIGS:
+        raise KeyError(f'unknown LINF checkpoint {name!r}; known: {", ".join(LINF_OFFICIAL_CONFIGS)}')
+    return dict(LINF_OFFICIAL_CONFIGS[name])
+
+
+@ARCH_REGISTRY.register()
+class LINFNet(nn.Module):
+    """LINF: an LR encoder, local implicit Fourier features and a per-location flow.
+
+    Children (the checkpoint's keys): ``encoder`` (EDSR-baseline or RRDB, no upsampling),
+    ``coef`` and ``freq`` (3x3 convs to ``hidden_dim``), ``phase`` (bias-free linear map of the
+    relative cell to ``hidden_dim / 2``), ``layers`` (1x1-conv MLP, ``4 * hidden_dim`` ->
+    ``hidden_dim`` x ``mlp_layers`` -> ``2 * flow_layers * 3 * patch_size**2``) and ``imnet``
+    (the per-location flow of ``3 * patch_size**2`` values).
+
+    Latents: one map (B, 3 p^2, Hq, Wq) with one vector per query location: per HR pixel for
+    ``patch_size`` 1 (Hq, Wq = H, W); per 3x3 patch of the HR grid zero-padded by
+    ``p - H mod p`` rows and ``p - W mod p`` columns for ``patch_size`` p > 1 (Hq = H // p + 1).
+
+    Args:
+        encoder (str): ``'edsr_baseline'`` or ``'rrdb'``. Default: 'edsr_baseline'.
+        patch_size (int): 1 for the per-pixel model (``linf``), 3 for the patch model
+            (``linf-patch``, the one LINF-LP uses). Default: 1.
+        hidden_dim (int): Width of coef/freq and of the MLP. Default: 256.
+        flow_layers (int): Linear + affine layers of the per-location flow. Default: 10.
+        mlp_layers (int): Hidden layers of the MLP (the release's ``num_layer``). Default: 3.
+        in_nc (int): Image channels. Default: 3.
+        encoder_opt (dict | None): Overrides of the encoder's sizes (EDSR: ``nf``, ``num_blocks``;
+            RRDB: ``nf``, ``nb``, ``gc``). Default: None (the released sizes).
+        query_chunk (int | None): Default number of query locations processed at once (bounds the
+            memory of the MLP); None processes all at once. Results do not depend on it.
+            Default: None.
+        scale (int): Default upscaling factor when a decode is given no output size (the network
+            itself works at any scale). Default: 4.
+    """
+
+    lr_multiple = 1
+
+    def __init__(
+        self,
+        encoder: str = 'edsr_baseline',
+        patch_size: int = 1,
+        hidden_dim: int = 256,
+        flow_layers: int = 10,
+        mlp_layers: int = 3,
+        in_nc: int = 3,
+        encoder_opt: Mapping[str, int] | None = None,
+        query_chunk: int | None = None,
+        scale: int = 4,
+    ) -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f'LINFNet: unknown encoder {encoder!r}; known: {", ".join(ENCODERS)}')
+        if not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f'LINFNet: patch_size must be a positive integer, got {patch_size!r}')
+        if hidden_dim < 2 or hidden_dim % 2:
+            raise ValueError(f'LINFNet: hidden_dim must be even and >= 2, got {hidden_dim}')
+        if query_chunk is not None and query_chunk < 1:
+            raise ValueError(f'LINFNet: query_chunk must be None or >= 1, got {query_chunk}')
+        sizes = dict(_ENCODER_DEFAULTS[encoder], **(encoder_opt or {}))
+        unknown = sorted(set(sizes) - set(_ENCODER_DEFAULTS[encoder]))
+        if unknown:
+            raise ValueError(
+                f'LINFNet: encoder_opt of the {encoder} encoder has no {", ".join(unknown)}; '
+                f'its options: {", ".join(_ENCODER_DEFAULTS[encoder])}'
+            )
+        self.encoder_name = encoder
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.in_nc = in_nc
+        self.query_chunk = query_chunk
+        self.scale = scale
+        self.dim = in_nc * patch_size**2
+
+        if encoder == 'edsr_baseline':
+            self.encoder = EDSRBaselineEncoder(in_nc=in_nc, **sizes)
+        else:
+            self.encoder = RRDBEncoder(in_nc=in_nc, out_nc=in_nc, **sizes)
+        nf = self.encoder.out_channels
+        self.coef = nn.Conv2d(nf, hidden_dim, 3, padding=1)
+        self.freq = nn.Conv2d(nf, hidden_dim, 3, padding=1)
+        self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
+        mlp: list[nn.Module] = []
+        width = 4 * hidden_dim
+        for _ in range(mlp_layers):
+            mlp += [nn.Conv2d(width, hidden_dim, 1), nn.ReLU()]
+            width = hidden_dim
+        flow = PointwiseFlow(self.dim, flow_layers)
+        mlp.append(nn.Conv2d(width, flow.param_channels, 1))
+        self.layers = nn.Sequential(*mlp)
+        self.imnet = flow
+
+    # ------------------------------------------------------------------ geometry
+    def query_shape(self, hr_size: Sequence[int]) -> tuple[int, int]:
+        """(Hq, Wq): the query grid of an HR image of size ``hr_size`` = (H, W)."""
+        h, w = (int(s) for s in hr_size)
+        p = self.patch_size
+        if p == 1:
+            return h, w
+        return h // p + 1, w // p + 1
+
+    def padding(self, hr_size: Sequence[int]) -> tuple[int, int]:
+        """Rows and columns of zeros added below and right of the HR grid (patch mode only).
+
+        The release pads ``p - (H mod p)``, so a whole extra row of patches when H is already a
+        multiple of p; kept as released because the checkpoints' latents are laid out on it.
+        """
+        p = self.patch_size
+        if p == 1:
+            return 0, 0
+        return p - int(hr_size[0]) % p, p - int(hr_size[1]) % p
+
+    def query_grid(
+        self,
+        hr_size: Sequence[int],
+        batch: int = 1,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Query coordinates and cell for an HR image of size ``hr_size`` = (H, W).
+
+        Returns:
+            tuple[Tensor, Tensor]: ``coord`` (B, Hq, Wq, 2) in ``(row, col)`` order and ``cell``
+            (B, 2) = (2 / H, 2 / W). In patch mode ``coord`` is the pixel-centre grid of the HR
+            image zero-padded as in :meth:`padding`, taken at each patch's centre pixel (queries
+            whose centre lies in the padding get (0, 0), as released).
+        """
+        h, w = (int(s) for s in hr_size)
+        dtype = dtype or torch.get_default_dtype()
+        coord = make_coord((h, w), dtype=dtype, device=device)
+        p = self.patch_size
+        if p > 1:
+            ph, pw = self.padding((h, w))
+            coord = F.pad(coord.permute(2, 0, 1), (0, pw, 0, ph))[:, p // 2 :: p, p // 2 :: p].permute(1, 2, 0)
+        cell = torch.tensor([2.0 / h, 2.0 / w], dtype=dtype, device=device)
+        return coord.unsqueeze(0).expand(batch, -1, -1, -1), cell.unsqueeze(0).expand(batch, -1)
+
+    def latent_shape(self, lq_shape: Sequence[int], out_size: Sequence[int] | None = None) -> tuple[int, ...]:
+        """Shape (B, 3 p^2, Hq, Wq) of the latent map for an LR of shape ``lq_shape`` and an HR
+        of size ``out_size`` (default: ``scale`` times the LR)."""
+        out_size = self._out_size(lq_shape, out_size)
+        return (int(lq_shape[0]), self.dim, *self.query_shape(out_size))
+
+    def latent_channels(self) -> list[int]:
+        """Channels of the single latent map: ``3 * patch_size**2``."""
+        return [self.dim]
+
+    def _out_size(self, lq_shape: Sequence[int], out_size: Sequence[int] | None) -> tuple[int, int]:
+        if out_size is None:
+            return int(lq_shape[-2]) * self.scale, int(lq_shape[-1]) * self.scale
+        if len(out_size) != 2 or min(int(s) for s in out_size) < 1:
+            raise ValueError(f'LINFNet: out_size must be (H, W) with positive sides, got {tuple(out_size)}')
+        return int(out_size[0]), int(out_size[1])
+
+    # ------------------------------------------------------------------ conditioning and queries
+    def condition(self, lq: Tensor, normalized: bool = False) -> LINFCondition:
+        """Everything that depends on the LR alone: encoder features -> ``coef`` and ``freq`` maps.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w) in [0, 1] (or in [-1, 1] with ``normalized``).
+            normalized: ``lq`` is already in the network's [-1, 1] range. Default: False.
+
+        Returns:
+            LINFCondition: pass it as ``cond`` to the other methods for the same ``lq``, at any
+            output size.
+        """
+        self._check_lq(lq)
+        lr = lq if normalized else to_model_range(lq)
+        features = self.encoder(lr)
+        return LINFCondition(lq_shape=tuple(lq.shape), lr=lr, coef=self.coef(features), freq=self.freq(features))
+
+    def _check_lq(self, lq: Tensor) -> None:
+        if not isinstance(lq, Tensor) or lq.dim() != 4 or lq.shape[1] != self.in_nc:
+            got = tuple(lq.shape) if isinstance(lq, Tensor) else type(lq).__name__
+            raise ValueError(f'LINFNet expects an LR batch (B, {self.in_nc}, h, w), got {got}')
+
+    def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> LINFCondition:
+        if cond is None:
+            return self.condition(lq)
+        if not isinstance(cond, LINFCondition):
+            raise TypeError(f'LINFNet needs the LINFCondition from its condition(), got {type(cond).__name__}')
+        cond.check_matches(lq)
+        return cond
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        # The checkpoint stores 1x1 convolutions; on channels-last query vectors they are linear maps.
+        for layer in self.layers:
+            x = F.linear(x, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+        return x
+
+    def _query_params(self, cond: LINFCondition, coord: Tensor, cell: Tensor) -> Tensor:
+        """Flow parameters (B, N, P) at flattened query coordinates (B, N, 2), one chunk."""
+        return self._mlp(local_fourier_features(cond.coef, cond.freq, coord, cell, self.phase))
+
+    def flow_params(self, cond: LINFCondition, coord: Tensor, cell: Tensor, query_chunk: int | None = None) -> Tensor:
+        """Affine parameters of the per-location flow at the query coordinates.
+
+        Args:
+            cond: :meth:`condition` of the LR.
+            coord: Query coordinates (B, *grid, 2), ``(row, col)`` in [-1, 1] (see :meth:`query_grid`).
+            cell: Output pixel size (B, 2).
+            query_chunk: Queries per chunk; None uses the network's ``query_chunk``. Default: None.
+
+        Returns:
+            Tensor: (B, 2 * flow_layers * 3 p^2, *grid).
+        """
+        b = coord.shape[0]
+        grid = coord.shape[1:-1]
+        flat = coord.reshape(b, -1, 2)
+        chunk = query_chunk or self.query_chunk or flat.shape[1]
+        params = torch.cat([self._query_params(cond, part, cell) for part in flat.split(chunk, dim=1)], dim=1)
+        return params.transpose(1, 2).reshape(b, -1, *grid)
+
+    # ------------------------------------------------------------------ residuals and patches
+    def upsampled_lr(self, cond: LINFCondition, hr_size: Sequence[int]) -> Tensor:
+        """The bilinear base: the LR (network range) sampled at the HR pixel centres, border
+        padding, ``align_corners=False`` -> (B, in_nc, H, W)."""
+        lr = cond.lr
+        # Computed in the working dtype (not a float32 grid): LINF's golden residuals are
+        # reproduced to 1e-15 in float64 only this way, unlike the query coordinates.
+        coord = make_coord(tuple(int(s) for s in hr_size), dtype=lr.dtype, device=lr.device, float32_grid=False)
+        grid = coord.flip(-1).unsqueeze(0).expand(lr.shape[0], -1, -1, -1)
+        return F.grid_sample(lr, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+    def to_patches(self, image: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C p^2, Hq, Wq): zero-pad as in :meth:`padding`, then one vector per
+        patch ordered ``channel * p^2 + p * row + column``."""
+        ph, pw = self.padding(image.shape[-2:])
+        if self.patch_size == 1:
+            return image
+        return F.pixel_unshuffle(F.pad(image, (0, pw, 0, ph)), self.patch_size)
+
+    def fold(self, patches: Tensor) -> Tensor:
+        """(B, C p^2, Hq, Wq) -> (B, C, p Hq, p Wq): the patches laid back side by side (padding
+        kept; crop with ``[..., :H, :W]``)."""
+        return patches if self.patch_size == 1 else F.pixel_shuffle(patches, self.patch_size)
+
+    def residual_patches(self, cond: LINFCondition, gt: Tensor, normalized: bool = False) -> Tensor:
+        """The flow's data: HR minus the bilinear base, as one vector per query (B, 3 p^2, Hq, Wq).
+
+        Args:
+            cond: :meth:`condition` of the LR.
+            gt: HR batch (B, in_nc, H, W) in [0, 1] (or [-1, 1] with ``normalized``).
+            normalized: ``gt`` is already in the network's range. Default: False.
+        """
+        gt = gt if normalized else to_model_range(gt)
+        return self.to_patches(gt - self.upsampled_lr(cond, gt.shape[-2:]))
+
+    # ------------------------------------------------------------------ flow at the query grid
+    def log_prob_patches(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode direction on maps: ``(log p (B, Hq, Wq), z (B, 3 p^2, Hq, Wq))`` of the residual
+        vectors ``x`` (B, 3 p^2, Hq, Wq) under the flow with ``params`` (B, P, Hq, Wq)."""
+        log_p, z = self.imnet.log_prob(x.movedim(1, -1), params.movedim(1, -1))
+        return log_p, z.movedim(-1, 1)
+
+    def decode_patches(self, z: Tensor, params: Tensor, solve: bool = False) -> Tensor:
+        """Decode direction on maps: residual vectors (B, 3 p^2, Hq, Wq) from latents ``z`` of the
+        same shape.
+
+        Args:
+            z: Latent map.
+            params: Flow parameters (B, P, Hq, Wq) from :meth:`flow_params`.
+            solve: Solve each linear system instead of using the cached inverses. Default: False.
+        """
+        return self.imnet.decode(z.movedim(1, -1), params.movedim(1, -1), solve=solve).movedim(-1, 1)
+
+    def params_for(self, cond: LINFCondition, hr_size: Sequence[int], query_chunk: int | None = None) -> Tensor:
+        """:meth:`flow_params` on the query grid of an HR image of size ``hr_size``."""
+        coord, cell = self.query_grid(hr_size, cond.lr.shape[0], cond.lr.dtype, cond.lr.device)
+        return self.flow_params(cond, coord, cell, query_chunk)
+
+    # ------------------------------------------------------------------ image level
+    def log_prob(
+        self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, query_chunk: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Log-density (natural log, network range, no dequantisation) of each query's residual
+        vector, and the latent map.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w) in [0, 1].
+            gt: HR batch (B, in_nc, H, W) in [0, 1], any size.
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            query_chunk: Queries per chunk (None: the network's). Default: None.
+
+        Returns:
+            tuple[Tensor, Tensor]: log p (B, Hq, Wq) and z (B, 3 p^2, Hq, Wq). LINF's stage-1
+            loss is ``-log_p.mean()``.
+        """
+        self._check_lq(lq)
+        self._check_gt(lq, gt)
+        cond = self._resolve_cond(lq, cond)
+        x = self.residual_patches(cond, gt)
+        return self.log_prob_patches(x, self.params_for(cond, gt.shape[-2:], query_chunk))
+
+    def encode(
+        self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, query_chunk: int | None = None
+    ) -> Latents:
+        """HR -> ``[z]`` with z the latent map (B, 3 p^2, Hq, Wq), deterministic.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w) in [0, 1].
+            gt: HR batch (B, in_nc, H, W) in [0, 1]; its size fixes the query grid.
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            query_chunk: Queries per chunk (None: the network's). Default: None.
+        """
+        return [self.log_prob(lq, gt, cond, query_chunk)[1]]
+
+    def decode(
+        self,
+        lq: Tensor,
+        latents: Latents,
+        cond: FlowCondition | None = None,
+        out_size: Sequence[int] | None = None,
+        query_chunk: int | None = None,
+    ) -> Tensor:
+        """``[z]`` -> SR image in [0, 1] (not clamped) of size ``out_size``.
+
+        The latent map alone cannot say the HR size in patch mode (H = 3 Hq - 3 .. 3 Hq - 1), so it
+        is an argument. Differentiable w.r.t. the latents; changes no parameter or buffer.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w) in [0, 1].
+            latents: ``[z]`` with z of shape :meth:`latent_shape`.
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: HR size (H, W). Default: None (``scale`` times the LR).
+            query_chunk: Queries per chunk (None: the network's). Default: None.
+        """
+        self._check_lq(lq)
+        out_size = self._out_size(lq.shape, out_size)
+        self._check_latents(lq, latents, out_size)
+        cond = self._resolve_cond(lq, cond)
+        return from_model_range(self.decode_residual(cond, latents[0], out_size, query_chunk, with_base=True))
+
+    def decode_residual(
+        self,
+        cond: LINFCondition,
+        z: Tensor,
+        out_size: Sequence[int],
+        query_chunk: int | None = None,
+        with_base: bool = False,
+        solve: bool = False,
+    ) -> Tensor:
+        """Latent map -> HR residual (network range) folded and cropped to ``out_size``; with
+        ``with_base`` the bilinear base is added (the SR image in the network's range)."""
+        params = self.params_for(cond, out_size, query_chunk)
+        h, w = out_size
+        residual = self.fold(self.decode_patches(z, params, solve=solve))[..., :h, :w]
+        return residual + self.upsampled_lr(cond, out_size) if with_base else residual
+
+    def _check_gt(self, lq: Tensor, gt: Tensor) -> None:
+        if not isinstance(gt, Tensor) or gt.dim() != 4 or gt.shape[:2] != lq.shape[:2]:
+            got = tuple(gt.shape) if isinstance(gt, Tensor) else type(gt).__name__
+            raise ValueError(f'LINFNet expects an HR batch ({lq.shape[0]}, {self.in_nc}, H, W), got {got}')
+
+    def _check_latents(self, lq: Tensor, latents: Latents, out_size: Sequence[int]) -> None:
+        expected = self.latent_shape(lq.shape, out_size)
+        got = [tuple(z.shape) for z in latents] if isinstance(latents, (list, tuple)) else latents
+        if got != [expected]:
+            raise ValueError(
+                f'LINFNet expects latents [{expected}] for an LR of shape {tuple(lq.shape)} and an output '
+                f'of size {tuple(out_size)}, got {got}'
+            )
+
+    def clear_inverse_cache(self) -> None:
+        """Drop every cached inverse (they also refresh themselves when a weight changes)."""
+        for module in self.modules():
+            if isinstance(module, InvertibleLinear):
+                module.clear_cache()
+
+    # ------------------------------------------------------------------ checkpoints
+    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Any]) -> str | None:
+        """Say which LINF architecture a state dict holds if it is not the one of this network.
+
+        Reads the encoder (EDSR-baseline or RRDB, its blocks and width), the patch size (from the
+        flow's dimension), hidden_dim, flow and MLP layers from the keys and shapes.
+
+        Args:
+            state_dict: A bare state dict, or a released file / its ``model`` part (unwrapped here).
+
+        Returns:
+            str | None: "checkpoint holds LINF <desc> but the options build LINF <desc>; ..." with
+            the options to change, or None when the architectures fit.
+        """
+        state_dict, _ = unwrap_linf_checkpoint(state_dict)
+        ours = read_linf_architecture(self.state_dict())
+        theirs = read_linf_architecture(state_dict)
+        if all(v is None for v in theirs.values()):
+            first = ', '.join(repr(k) for k in list(state_dict)[:3])
+            hint = ''
+            if any(k in state_dict for k in ('params', 'params_ema')):
+                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
+            return (
+                f'checkpoint holds no LINF weights{hint}: its keys start with {first or "nothing"}, '
+                f'but the options build LINF {describe_linf_architecture(ours)}'
+            )
+        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
+        if not differ:
+            return None
+        fixes = [f'{_OPTION_OF[k]}: {theirs[k]}' for k in differ if k in _OPTION_OF]
+        fix = f'. To load it, set {", ".join(fixes)} in the network options' if fixes else ''
+        return (
+            f'checkpoint holds LINF {describe_linf_architecture(theirs)} but the options build LINF '
+            f'{describe_linf_architecture(ours)}; they differ in {", ".join(differ)}{fix}'
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`, and also reads the released checkpoint format.
+
+        The released file (``{'model': {'name', 'args', 'sd'}, 'optimizer': ..., 'epoch': ...}``),
+        its ``model`` part (what BasicSR's ``load_network`` passes with ``param_key_g: model``) and
+        ``module.``-prefixed keys are unwrapped first. With ``strict``, a checkpoint of another LINF
+        architecture raises :class:`CheckpointMismatchError` naming both (per-pixel vs 3x3 patch,
+        EDSR-baseline vs RRDB, ...) instead of torch's key lists; ``strict=False`` is passed on.
+        Cached inverses refresh themselves (the copy bumps each weight's version).
+        """
+        state_dict, _ = unwrap_linf_checkpoint(state_dict)
+        if strict:
+            message = self.describe_checkpoint_mismatch(state_dict)
+            if message is not None:
+                raise CheckpointMismatchError(message)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+# Architecture field -> the LINFNet option that sets it (for the "to load it, set ..." hint).
+_OPTION_OF = {
+    'encoder': 'encoder',
+    'patch_size': 'patch_size',
+    'hidden_dim': 'hidden_dim',
+    'flow_layers': 'flow_layers',
+    'mlp_layers': 'mlp_layers',
+    'in_nc': 'in_nc',
+}
+
+
+def is_linf_release(obj: Any) -> bool:
+    """Whether ``obj`` is a released LINF checkpoint (``{'model': {'name', 'args', 'sd'}, ...}``) or
+    its ``model`` part."""
+    if not isinstance(obj, Mapping):
+        return False
+    inner = obj.get('model')
+    if isinstance(inner, Mapping) and isinstance(inner.get('sd'), Mapping):
+        return True
+    return isinstance(obj.get('sd'), Mapping) and 'name' in obj
+
+
+def unwrap_linf_checkpoint(obj: Mapping) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """(bare state dict, header) of a released LINF checkpoint, or ``(obj, {})`` for anything else.
+
+    The header holds the release's ``name`` (``'linf'`` or ``'linf-patch'``) and ``args`` where
+    present. A ``module.`` prefix (a DataParallel save) is removed.
+    """
+    if not is_linf_release(obj):
+        return obj, {}
+    inner = obj['model'] if isinstance(obj.get('model'), Mapping) else obj
+    header = {k: v for k, v in inner.items() if k != 'sd'}
+    sd = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in inner['sd'].items())
+    return sd, header
+
+
+def convert_linf_checkpoint(released: Mapping) -> OrderedDict:
+    """The state dict of a released LINF checkpoint for :class:`LINFNet` (our keys are the
+    release's, so this only unwraps; the tensors are not copied).
+
+    Raises:
+        CheckpointMismatchError: ``released`` holds no LINF weights.
+    """
+    sd, _ = unwrap_linf_checkpoint(released)
+    if all(v is None for v in read_linf_architecture(sd).values()):
+        raise CheckpointMismatchError(
+            "not a LINF checkpoint: expected {'model': {'name', 'args', 'sd'}} or keys like "
+            'encoder.head.0.weight, coef.weight, imnet.last._weight'
+        )
+    return OrderedDict(sd)
+
+
+def read_linf_architecture(shapes: Mapping[str, Any]) -> dict[str, Any]:
+    """The LINF architecture a state dict holds, read from its keys and shapes.
+
+    Args:
+        shapes: State-dict keys mapped to tensors or shapes (a trailing ``.ignore``, BasicSR's mark
+            of a size mismatch, is read like the original key).
+
+    Returns:
+        dict: encoder ('edsr_baseline' / 'rrdb'), encoder_blocks, nf, in_nc, patch_size,
+        hidden_dim, flow_layers, mlp_layers; None where the state dict does not reveal a field.
+    """
+    keys: dict[str, tuple[int, ...]] = {}
+    for key, value in shapes.items():
+        if hasattr(value, 'shape'):
+            shape = tuple(value.shape)
+        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
+            shape = tuple(value)
+        else:
+            continue
+        key = str(key)
+        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
+
+    def dim(key: str, i: int) -> int | None:
+        shape = keys.get(key)
+        return shape[i] if shape is not None and len(shape) > i else None
+
+    def count(pattern: str) -> int:
+        return len({m.group(1) for k in keys if (m := re.match(pattern, k))})
+
+    arch: dict[str, Any] = dict.fromkeys(
+        ('encoder', 'encoder_blocks', 'nf', 'in_nc', 'patch_size', 'hidden_dim', 'flow_layers', 'mlp_layers')
+    )
+    if 'encoder.head.0.weight' in keys:
+        arch['encoder'] = 'edsr_baseline'
+        arch['encoder_blocks'] = count(r'encoder\.body\.(\d+)\.body\.0\.weight$')
+        arch['nf'], arch['in_nc'] = dim('encoder.head.0.weight', 0), dim('encoder.head.0.weight', 1)
+    elif 'encoder.conv_first.weight' in keys:
+        arch['encoder'] = 'rrdb'
+        arch['encoder_blocks'] = count(r'encoder\.RRDB_trunk\.(\d+)\.')
+        arch['nf'], arch['in_nc'] = dim('encoder.conv_first.weight', 0), dim('encoder.conv_first.weight', 1)
+    arch['hidden_dim'] = dim('coef.weight', 0)
+    flow_dim = dim('imnet.last._weight', 0)
+    if flow_dim is not None:
+        channels = arch['in_nc'] or 3
+        side = math.isqrt(max(flow_dim // channels, 1))
+        arch['patch_size'] = side if side * side * channels == flow_dim else None
+    if any(k.startswith('imnet.linears.') for k in keys):
+        arch['flow_layers'] = count(r'imnet\.linears\.(\d+)\.')
+    mlp = count(r'layers\.(\d+)\.weight$')
+    arch['mlp_layers'] = mlp - 1 if mlp else None
+    return arch
+
+
+_ENCODER_NAMES = {'edsr_baseline': 'EDSR-baseline', 'rrdb': 'RRDB'}
+
+
+def describe_linf_architecture(arch: Mapping[str, Any]) -> str:
+    """One phrase for an architecture from :func:`read_linf_architecture`, e.g. "3x3-patch model
+    (linf-patch) with an RRDB encoder (23 blocks, 64 features), hidden_dim 256, 10 flow layers"."""
+    p = arch.get('patch_size')
+    if p == 1:
+        parts = ['per-pixel model (linf)']
+    elif p is not None:
+        parts = [f'{p}x{p}-patch model (linf-patch)']
+    else:
+        parts = ['model of unknown patch size']
+    encoder = arch.get('encoder')
+    if encoder is not None:
+        blocks, nf = arch.get('encoder_blocks'), arch.get('nf')
+        parts[0] += f' with an {_ENCODER_NAMES[encoder]} encoder ({blocks} blocks, {nf} features)'
+    else:
+        parts[0] += ' with no encoder weights'
+    if arch.get('hidden_dim') is not None:
+        parts.append(f'hidden_dim {arch["hidden_dim"]}')
+    if arch.get('flow_layers') is not None:
+        parts.append(f'{arch["flow_layers"]} flow layers')
+    if arch.get('mlp_layers') is not None:
+        parts.append(f'{arch["mlp_layers"]} MLP layers')
+    return ', '.join(parts)
