@@ -1,7 +1,7 @@
-"""CPU benchmark of SRFlow's cached conditioning: ``python -m flowprior_plugin.benchmark``.
+"""CPU benchmark of the flows' cached conditioning: ``python -m flowprior_plugin.benchmark``.
 
-Runs the official DF2K 4X architecture (random weights, eval mode, no_grad) on one LR image and
-prints, side by side, wall time and peak memory of
+Runs the official DF2K 4X architectures of SRFlow and then HCFlow (random weights, eval mode,
+no_grad) on one LR image and prints for each, side by side, wall time and peak memory of
 
 - (a) ``decode``: one temperature-sampling decode, ``condition()`` included;
 - (b) ``lp_path``: the learned-prior path, ``initial_prior`` (encode of the upsampled LR) and a
@@ -9,9 +9,15 @@ prints, side by side, wall time and peak memory of
 - (c) ``naive``: the same two calls without a shared condition (each recomputes it);
 - ``extra_decode``: one more decode with an already computed condition;
 
-then checks that (b)'s SR equals the plain computation (the release's way: every RRDB resolution,
-concatenated coupling convolutions, nothing cached) within 1e-4. The last line is
-``ratios: lp_path/decode=X.XX extra_decode/decode=Y.YY``.
+then checks that (b)'s SR equals the plain computation (the release's way: for SRFlow every RRDB
+resolution, concatenated coupling convolutions, nothing cached; for HCFlow concatenated condition
+and coupling convolutions, nothing cached) within 1e-4. HCFlow's results follow SRFlow's, its
+ratios on the line ``hcflow ratios: lp_path/decode=X.XX extra_decode/decode=Y.YY``; the last line
+is SRFlow's ``ratios: lp_path/decode=X.XX extra_decode/decode=Y.YY``.
+
+HCFlow caches less than SRFlow: only its coarsest level is conditioned on the LR alone; each finer
+level's condition network reads the kept channels of the pass (see ``HCFlowCondition``), so it
+runs again in every encode and decode, and an extra decode costs most of a first one.
 
 Memory: torch has no peak-memory API on the CPU, so each case runs in a fresh forked process that
 builds the network and inputs, notes its resident set size (RSS), runs the case once and reads its
@@ -35,8 +41,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.srflow_arch import FlowStep, SRFlowNet, official_srflow_options, standardize_per_pixel
-from flowprior_plugin.layers.flow_layers import ActNorm, Conv2dZeros, InvertibleConv1x1
+from flowprior_plugin.archs.hcflow_arch import HCFlowNet, official_hcflow_options
+from flowprior_plugin.archs.srflow_arch import FlowStep, SRFlowNet, official_srflow_options
+from flowprior_plugin.layers.flow_layers import ActNorm, Conv2dZeros, InvertibleConv1x1, standardize_per_pixel
 
 CASES = ('decode', 'lp_path', 'naive', 'extra_decode')
 CASE_LABELS = {
@@ -45,7 +52,9 @@ CASE_LABELS = {
     'naive': '(c) initial_prior + decode (cond recomputed per call)',
     'extra_decode': 'one extra decode with a cached condition',
 }
+MODELS = ('srflow', 'hcflow')
 TINY_OPTIONS = dict(scale=4, nf=16, nb=2, gc=8, K=2, hidden_channels=16, stacked_blocks=(0, 1))
+HCFLOW_TINY_OPTIONS = dict(scale=4, nf=16, nb=1, gc=8, K=4, n_additional_steps=2, hidden_channels=16)
 TEMPERATURE = 0.9
 PLAIN_TOLERANCE = 1e-4
 
@@ -92,10 +101,16 @@ def randomize_parameters_(net: nn.Module, generator: torch.Generator | None = No
             module.actnorm.logs.sub_(2 * math.log(1 / (1 + math.exp(-2.0)) + module.affine.eps))
 
 
-def build_net(tiny: bool, seed: int = 0) -> SRFlowNet:
-    """The benchmarked network: official DF2K 4X (or the tiny one), random weights, eval mode."""
+def build_net(tiny: bool, seed: int = 0, model: str = 'srflow') -> SRFlowNet | HCFlowNet:
+    """The benchmarked network: official DF2K 4X of ``model`` ('srflow' or 'hcflow'; or the tiny
+    one), random weights, eval mode."""
     torch.manual_seed(seed)
-    net = SRFlowNet(**(TINY_OPTIONS if tiny else official_srflow_options('DF2K 4X')))
+    if model == 'srflow':
+        net = SRFlowNet(**(TINY_OPTIONS if tiny else official_srflow_options('DF2K 4X')))
+    elif model == 'hcflow':
+        net = HCFlowNet(**(HCFLOW_TINY_OPTIONS if tiny else official_hcflow_options('DF2K 4X')))
+    else:
+        raise ValueError(f'unknown model {model!r}; known: {", ".join(MODELS)}')
     randomize_parameters_(net, torch.Generator().manual_seed(seed))
     return net.eval()
 
@@ -114,10 +129,13 @@ def _maxrss_kib() -> int:
     return value // 1024 if sys.platform == 'darwin' else value  # bytes on macOS, KiB on Linux
 
 
-def run_case(case: str, lr_size: int, threads: int, repeats: int, tiny: bool, seed: int = 0) -> dict:
-    """Run one case in this process; returns times (s), memory (KiB) and, for lp_path, the check."""
+def run_case(
+    case: str, lr_size: int, threads: int, repeats: int, tiny: bool, seed: int = 0, model: str = 'srflow'
+) -> dict:
+    """Run one case of ``model`` in this process; returns times (s), memory (KiB) and, for lp_path,
+    the check."""
     torch.set_num_threads(threads)
-    net = build_net(tiny, seed)
+    net = build_net(tiny, seed, model)
     lq = torch.rand(1, 3, lr_size, lr_size, generator=torch.Generator().manual_seed(seed + 1))
     gen = torch.Generator().manual_seed(seed + 2)
     result: dict = {'case': case}
@@ -161,7 +179,7 @@ def run_case(case: str, lr_size: int, threads: int, repeats: int, tiny: bool, se
         result['time_s'] = statistics.median(times)
 
         if case == 'lp_path':
-            # The plain computation: release-style conditionals, concat convolutions, no cache.
+            # The plain computation: release-style conditioning, concat convolutions, no cache.
             size = (lr_size * net.scale, lr_size * net.scale)
             up = torch.nn.functional.interpolate(lq, size=size, mode='bilinear', align_corners=False)
             z0 = [standardize_per_pixel(z) for z in net.plain_encode(lq, up)]
@@ -205,7 +223,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=min(8, os.cpu_count() or 1), help='torch CPU threads')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per case (median reported)')
     parser.add_argument('--seed', type=int, default=0, help='seed of weights, LR image and latents')
-    parser.add_argument('--tiny', action='store_true', help='a small architecture instead of DF2K 4X (for tests)')
+    parser.add_argument('--tiny', action='store_true', help='small architectures instead of DF2K 4X (for tests)')
     args = parser.parse_args(argv)
     if args.lr_size is None:
         args.lr_size = 16 if args.tiny else 64
@@ -216,22 +234,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status (1 if the plain-computation check fails)."""
-    args = _parse(argv)
-    arch = 'tiny SRFlow 4X ' + str(TINY_OPTIONS) if args.tiny else 'SRFlow, official DF2K 4X architecture'
-    hr = args.lr_size * 4
-    print(f'{arch}: random weights, eval, no_grad, CPU float32, {args.threads} threads')
-    print(
-        f'LR {args.lr_size}x{args.lr_size} -> SR {hr}x{hr}; time = median of {args.repeats} runs after one warm-up run'
-    )
-    print(
-        'memory = RSS high-water (ru_maxrss) of a fresh process per case during its first run; '
-        '"increase" = that minus the RSS just before the run (weights and inputs already resident)'
-    )
+def _arch_line(args: argparse.Namespace, model: str) -> str:
+    if model == 'srflow':
+        arch = 'tiny SRFlow 4X ' + str(TINY_OPTIONS) if args.tiny else 'SRFlow, official DF2K 4X architecture'
+    else:
+        arch = 'tiny HCFlow 4X ' + str(HCFLOW_TINY_OPTIONS) if args.tiny else 'HCFlow, official DF2K 4X architecture'
+    return f'{arch}: random weights, eval, no_grad, CPU float32, {args.threads} threads'
+
+
+def _run_model(args: argparse.Namespace, model: str, prefix: str) -> tuple[bool, str]:
+    """Benchmark one model and print its table and check; returns (check passed, ratios text)."""
     results = {}
     for case in CASES:
-        results[case] = run_in_fresh_process(case, args.lr_size, args.threads, args.repeats, args.tiny, args.seed)
+        results[case] = run_in_fresh_process(
+            case, args.lr_size, args.threads, args.repeats, args.tiny, args.seed, model
+        )
     width = max(len(label) for label in CASE_LABELS.values())
     print(f'{"case":<{width}}  {"time [s]":>9}  {"peak RSS [MiB]":>14}  {"increase [MiB]":>14}')
     for case in CASES:
@@ -241,17 +258,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             f'{r["increase_kib"] / 1024:>14.1f}'
         )
     decode = results['decode']['time_s']
-    print(f'naive/decode={results["naive"]["time_s"] / decode:.2f} (what sharing the condition saves)')
+    print(f'{prefix}naive/decode={results["naive"]["time_s"] / decode:.2f} (what sharing the condition saves)')
     diff = results['lp_path']['plain_max_abs_diff']
     ok = math.isfinite(diff) and diff <= PLAIN_TOLERANCE
     print(
-        f'check: (b) SR vs plain computation: max abs diff {diff:.3g} (SR max abs '
+        f'{prefix}check: (b) SR vs plain computation: max abs diff {diff:.3g} (SR max abs '
         f'{results["lp_path"]["sr_max_abs"]:.3g}), tolerance {PLAIN_TOLERANCE:g}: {"OK" if ok else "FAILED"}'
     )
     lp_ratio = results['lp_path']['time_s'] / decode
     extra_ratio = results['extra_decode']['time_s'] / decode
-    print(f'ratios: lp_path/decode={lp_ratio:.2f} extra_decode/decode={extra_ratio:.2f}')
-    return 0 if ok else 1
+    return ok, f'lp_path/decode={lp_ratio:.2f} extra_decode/decode={extra_ratio:.2f}'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (1 if a plain-computation check fails)."""
+    args = _parse(argv)
+    hr = args.lr_size * 4
+    print(_arch_line(args, 'srflow'))
+    print(
+        f'LR {args.lr_size}x{args.lr_size} -> SR {hr}x{hr}; time = median of {args.repeats} runs after one warm-up run'
+    )
+    print(
+        'memory = RSS high-water (ru_maxrss) of a fresh process per case during its first run; '
+        '"increase" = that minus the RSS just before the run (weights and inputs already resident)'
+    )
+    srflow_ok, srflow_ratios = _run_model(args, 'srflow', '')
+    print(_arch_line(args, 'hcflow'))
+    hcflow_ok, hcflow_ratios = _run_model(args, 'hcflow', 'hcflow ')
+    print(f'hcflow ratios: {hcflow_ratios}')
+    # SRFlow's ratios stay the last line (scripts read it).
+    print(f'ratios: {srflow_ratios}')
+    return 0 if srflow_ok and hcflow_ok else 1
 
 
 if __name__ == '__main__':

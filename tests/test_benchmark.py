@@ -1,4 +1,4 @@
-"""The benchmark CLI runs end to end in its --tiny mode and ends with the ratios line."""
+"""The benchmark CLI runs end to end in its --tiny mode (SRFlow and HCFlow) and ends with the ratios line."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def test_benchmark_tiny_mode_prints_ratios_last():
     assert re.fullmatch(r'ratios: lp_path/decode=\d+\.\d\d extra_decode/decode=\d+\.\d\d', lines[-1]), lines[-1]
     check = next(line for line in lines if line.startswith('check:'))
     assert check.endswith('OK')
+    # HCFlow runs in the same invocation: its check and ratios come before SRFlow's last line.
+    assert any(line.startswith('tiny HCFlow 4X') for line in lines)
+    hcflow_check = next(line for line in lines if line.startswith('hcflow check:'))
+    assert hcflow_check.endswith('OK')
+    assert re.fullmatch(r'hcflow ratios: lp_path/decode=\d+\.\d\d extra_decode/decode=\d+\.\d\d', lines[-2]), lines[-2]
     for label in ('(a)', '(b)', '(c)', 'extra decode'):
         assert any(label in line for line in lines), label
     assert any('ru_maxrss' in line for line in lines)  # says what the memory column measures
