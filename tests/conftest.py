@@ -104,6 +104,17 @@ TINY_SRFLOW = {
     'stacked_blocks': [0, 1],
 }
 
+TINY_HCFLOW = {
+    'type': 'HCFlowNet',
+    'nf': 8,
+    'nb': 1,
+    'gc': 4,
+    'scale': 4,
+    'K': 2,
+    'n_additional_steps': 1,
+    'hidden_channels': 8,
+}
+
 
 def finalize_options(opt: dict, root: Path, is_train: bool) -> dict:
     """What BasicSR's parse_options adds to a yml dict (paths, dist flags), for in-process models."""

@@ -22,8 +22,13 @@ OFFICIAL = {
     'srflow_DF2K_4X.yml': 'srflow_DF2K_4X_keys.txt',
     'srflow_DF2K_8X.yml': 'srflow_DF2K_8X_keys.txt',
     'srflow_CelebA_8X.yml': 'srflow_CelebA_8X_keys.txt',
+    'hcflow_DF2K_4X.yml': 'hcflow_SR_DF2K_4X_keys.txt',
+    'hcflow_CelebA_8X.yml': 'hcflow_SR_CelebA_8X_keys.txt',
 }
-TINY_FLOW = {'nf': 8, 'nb': 2, 'gc': 4, 'K': 1, 'hidden_channels': 8, 'stacked_blocks': [0, 1]}
+TINY_FLOWS = {
+    'SRFlowNet': {'nf': 8, 'nb': 2, 'gc': 4, 'K': 1, 'hidden_channels': 8, 'stacked_blocks': [0, 1]},
+    'HCFlowNet': {'nf': 8, 'nb': 1, 'gc': 4, 'K': 2, 'n_additional_steps': 1, 'hidden_channels': 8},
+}
 TINY_GENERATORS = {
     'UNet': {'depth': 2, 'width': 8},
     'SwinT': {'embed_dim': 24, 'depths': [1, 1], 'num_heads': [3, 6], 'window_size': 4, 'head_channels': [12]},
@@ -69,7 +74,7 @@ def test_official_architectures_match_key_lists(name, reference_dir):
     )
     assert got == expected
     header = (reference_dir / OFFICIAL[name]).read_text().splitlines()[1]
-    total = int(re.search(r'total elements (\d+)', header)[1])
+    total = int(re.search(r'(?:total elements|params) (\d+)', header)[1])
     assert sum(v.numel() for v in net.state_dict().values()) == total
 
 
@@ -80,8 +85,8 @@ def _shrink(opt: dict, data: Path) -> dict:
     scale = opt['scale']
     for key in ('network_g', 'network_flow'):
         section = opt.get(key)
-        if section and section['type'] == 'SRFlowNet':
-            section.update(TINY_FLOW)
+        if section and section['type'] in TINY_FLOWS:
+            section.update(TINY_FLOWS[section['type']])
         elif section and section['type'] == 'LatentPriorNet':
             section.update(prior_features=8, lr_features=8)
             generator = section['generator']

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import TINY_SRFLOW, run_cli, write_paired_images
+from conftest import TINY_HCFLOW, TINY_SRFLOW, run_cli, write_paired_images
 
 
 def _dataset(data, phase: str) -> dict:
@@ -60,12 +60,20 @@ def tiny_data(tmp_path_factory):
     return write_paired_images(tmp_path_factory.mktemp('data'), count=3, hr_size=(24, 24), scale=4)
 
 
+FLOWS = {'SRFlow': TINY_SRFLOW, 'HCFlow': TINY_HCFLOW}
+
+
+@pytest.fixture(scope='module', params=sorted(FLOWS))
+def flow_family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope='module')
-def trained_flow(tmp_path_factory, tiny_data):
-    """Stage 1 through ``basicsr train``: a tiny SRFlow by likelihood, validated at 2 temperatures."""
-    root = tmp_path_factory.mktemp('stage1')
+def trained_flow(tmp_path_factory, tiny_data, flow_family):
+    """Stage 1 through ``basicsr train``: a tiny flow by likelihood, validated at 2 temperatures."""
+    root = tmp_path_factory.mktemp(f'stage1_{flow_family}')
     opt = _common('tiny_flow', 'FlowSRModel', tiny_data)
-    opt.update(network_g=dict(TINY_SRFLOW), path={}, train=_train(4))
+    opt.update(network_g=dict(FLOWS[flow_family]), path={}, train=_train(4))
     opt['val'] = {'val_freq': 1000, 'save_img': True, 'temperatures': [0.0, 0.8], 'metrics': VAL_METRICS}
     (root / 'stage1.yml').write_text(yaml.safe_dump(opt))
     result = run_cli(['train', '-opt', 'stage1.yml'], cwd=root)
@@ -94,13 +102,13 @@ def test_stage1_logs_nll_and_validates_each_temperature(trained_flow):
     ],
     ids=lambda g: g['type'],
 )
-def test_stage2_trains_prior_on_frozen_flow_with_each_generator(trained_flow, tiny_data, generator):
+def test_stage2_trains_prior_on_frozen_flow_with_each_generator(trained_flow, tiny_data, generator, flow_family):
     flow_file = trained_flow / 'experiments' / 'tiny_flow' / 'models' / 'net_g_latest.pth'
     flow_before = torch.load(flow_file, weights_only=True)['params']
     name = f'prior_{generator["type"]}'
     opt = _common(name, 'FlowPriorModel', tiny_data)
     opt.update(
-        network_flow=dict(TINY_SRFLOW),
+        network_flow=dict(FLOWS[flow_family]),
         network_g={'type': 'LatentPriorNet', 'prior_features': 8, 'lr_features': 8, 'generator': generator},
         path={'pretrain_network_flow': str(flow_file), 'param_key_flow': 'params'},
         train=_train(3, latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}),
@@ -118,12 +126,12 @@ def test_stage2_trains_prior_on_frozen_flow_with_each_generator(trained_flow, ti
     assert all(torch.equal(after[k], v) for k, v in flow_before.items())
 
 
-def test_basicsr_test_writes_comparison_table(trained_flow, tiny_data):
+def test_basicsr_test_writes_comparison_table(trained_flow, tiny_data, flow_family):
     flow_file = trained_flow / 'experiments' / 'tiny_flow' / 'models' / 'net_g_latest.pth'
     prior = build_network(
         {
             'type': 'LatentPriorNet',
-            'latent_channels': [6, 96],
+            'latent_channels': build_network(dict(FLOWS[flow_family])).latent_channels(),
             'prior_features': 8,
             'lr_features': 8,
             'generator': {'type': 'UNet', 'depth': 2, 'width': 8},
@@ -136,7 +144,7 @@ def test_basicsr_test_writes_comparison_table(trained_flow, tiny_data):
         'scale': 4,
         'num_gpu': 0,
         'datasets': {'test_1': _dataset(tiny_data, 'val')},
-        'network_flow': dict(TINY_SRFLOW),
+        'network_flow': dict(FLOWS[flow_family]),
         'network_g': {
             'type': 'LatentPriorNet',
             'prior_features': 8,
