@@ -12,7 +12,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
 from flowprior_plugin import torchvision_compat
 
 OURS = {
-    'arch': ['SRFlowNet', 'LatentPriorNet', 'LINFNet'],
+    'arch': ['SRFlowNet', 'HCFlowNet', 'LINFNet', 'LatentPriorNet'],
     'model': ['FlowSRModel', 'FlowPriorModel'],
     'loss': ['LatentL1Loss', 'VGGPerceptualLoss'],
     'metric': ['calculate_lpips', 'calculate_lr_psnr'],
