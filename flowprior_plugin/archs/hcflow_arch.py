@@ -1,9 +1,9 @@
 """HCFlow (Liang et al., ICCV 2021): a hierarchical conditional flow HR <-> (LR, latents).
 
 Written from the team's reference notes (``HCFLOW.md``), the key lists of the released checkpoints
-(a file format: names, shapes and order match, so the official ``SR_DF2K_X4_HCFlow*.pth`` and
-``SR_CelebA_X8_HCFlow*.pth`` files load with ``strict=True``) and the golden vectors of the release.
-No release code was read.
+(a file format: names, shapes and order match, so the released HCFlow, HCFlow+ and HCFlow++
+checkpoints, which share those keys, load with ``strict=True``) and the golden vectors of the
+release. No release code was read.
 
 The flow maps the HR image x to an LR-sized image y and one latent a_l per level::
 
@@ -43,8 +43,11 @@ named below was run and misses by 1e-4 or more):
 Facts this implementation chose where neither the notes nor the golden vectors decide (no golden
 likelihood exists for HCFlow):
 
-- "pixels" in the likelihood is H*W of the HR (as the SRFlow release and :class:`SRFlowNet`): the
-  dequantisation term is ``-log(quant) * H * W`` and bits per pixel divide by ``ln 2 * H * W``.
+- "pixels" in the likelihood is H*W of the HR, channels not counted, as in :class:`SRFlowNet`
+  (whose NLL reproduces the SRFlow release's golden value): the dequantisation term is
+  ``-log(quant) * H * W`` and bits per pixel divide by ``ln 2 * H * W``.
+- The LR term, the conditional steps' log-dets and the Gaussian terms of every level all enter
+  the NLL, each level conditioned on the given LR (see above).
 - "exp(-6)" of the LR term is a variance: ``log N(y_real; y, sigma^2)`` with ``sigma = exp(-3)``
   (``lr_noise_logstd = -3``).
 - LR sides need no multiple (``lr_multiple = 1``): the HR, ``scale`` times the LR, is squeezed
@@ -665,7 +668,10 @@ class HCFlowNet(nn.Module):
             logp = logp + lp
         return eps, logp
 
-    def _run_decode(self, lq: Tensor, latents: Latents, coarsest: LevelCondition, cond: HCFlowCondition | None):
+    def _run_decode(
+        self, lq: Tensor, latents: Latents, coarsest: LevelCondition, cond: HCFlowCondition | None
+    ) -> Tensor:
+        """The reverse pass from the LR ``lq``; ``cond`` None computes every condition plainly."""
         features: list[Tensor | None] = [None] * self.L
         z = lq
         for idx in range(len(self.flow.layers) - 1, -1, -1):
