@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.errors import CheckpointMismatchError
+from flowprior_plugin.archs.flow_net_base import ActNormFlowNet
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
@@ -505,7 +505,7 @@ def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
 
 
 @ARCH_REGISTRY.register()
-class HCFlowNet(nn.Module):
+class HCFlowNet(ActNormFlowNet):
     """HCFlow: hierarchical conditional flow for super-resolution, implementing the FlowSR protocol.
 
     Latents are the standardised ``eps_l`` of every level, finest first: at 4X and an LR of h x w,
@@ -883,40 +883,6 @@ class HCFlowNet(nn.Module):
         """Channel count of each latent, finest first ([6, 21] at 4X, [6, 12, 45] at 8X)."""
         return list(self.flow.latent_channels)
 
-    def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
-        """Run the ActNorm data-dependent init on a batch if any ActNorm is uninitialised.
-
-        Loaded weights count as initialised and are never overwritten.
-
-        Args:
-            lq: LR batch.
-            gt: HR batch matching ``lq``.
-
-        Returns:
-            bool: True if the init ran.
-        """
-        if all(m.initialized for m in self.modules() if isinstance(m, ActNorm)):
-            return False
-        was_training = self.training
-        self.train()
-        try:
-            with torch.no_grad():
-                self.encode(lq, gt)
-        finally:
-            self.train(was_training)
-        return True
-
-    def forward(
-        self, lq: Tensor, gt: Tensor | None = None, latents: Latents | None = None, dequantize: bool = False
-    ) -> Tensor:
-        """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
-        :meth:`decode` of ``latents`` (zeros, i.e. temperature 0, when None)."""
-        if gt is not None:
-            return self.nll(lq, gt, dequantize=dequantize)
-        if latents is None:
-            latents = self.sample_latents(lq, 0.0)
-        return self.decode(lq, latents)
-
     # ------------------------------------------------------------------ plain computation (checks)
     def plain_encode(self, lq: Tensor, gt: Tensor) -> Latents:
         """:meth:`encode` computed the plain way (no cache, concatenated convolutions, as the
@@ -969,13 +935,3 @@ class HCFlowNet(nn.Module):
             f'checkpoint holds HCFlow {_describe(theirs, extra)} but the options build HCFlow '
             f'{_describe(ours, extra)}; they differ in {", ".join(differ)}'
         )
-
-    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
-        """As :meth:`torch.nn.Module.load_state_dict`, but with ``strict`` a checkpoint of another
-        HCFlow configuration raises :class:`CheckpointMismatchError` naming both configurations.
-        ``strict=False`` (a deliberate partial load) is passed on to torch unchanged."""
-        if strict:
-            message = self.describe_checkpoint_mismatch(state_dict)
-            if message is not None:
-                raise CheckpointMismatchError(message)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)

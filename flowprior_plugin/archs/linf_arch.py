@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
+from flowprior_plugin.archs.flow_net_base import CheckpointCheckedModule
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
@@ -118,7 +119,7 @@ def official_linf_options(name: str) -> dict[str, Any]:
 
 
 @ARCH_REGISTRY.register()
-class LINFNet(nn.Module):
+class LINFNet(CheckpointCheckedModule):
     """LINF: an LR encoder, local implicit Fourier features and a per-location flow.
 
     Children (the checkpoint's keys): ``encoder`` (EDSR-baseline or RRDB, no upsampling),
@@ -528,10 +529,6 @@ class LINFNet(nn.Module):
         Cached inverses refresh themselves (the copy bumps each weight's version).
         """
         state_dict, _ = unwrap_linf_checkpoint(state_dict)
-        if strict:
-            message = self.describe_checkpoint_mismatch(state_dict)
-            if message is not None:
-                raise CheckpointMismatchError(message)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

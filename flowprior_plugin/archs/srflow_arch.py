@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.errors import CheckpointMismatchError
+from flowprior_plugin.archs.flow_net_base import ActNormFlowNet
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
@@ -505,7 +505,7 @@ def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
 
 
 @ARCH_REGISTRY.register()
-class SRFlowNet(nn.Module):
+class SRFlowNet(ActNormFlowNet):
     """SRFlow: conditional normalising flow for super-resolution, implementing the FlowSR protocol.
 
     Level l (1..L) of the flow works at HR/2^l (LR * scale / 2^l) and is conditioned on the RRDB
@@ -818,41 +818,6 @@ class SRFlowNet(nn.Module):
         """Channel count of each latent in latent order ([6, 96] at 4X, [6, 12, 192] at 8X)."""
         return [c for c, _ in self.flowUpsamplerNet.latent_specs]
 
-    def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
-        """Run the ActNorm data-dependent init on a batch if any ActNorm is uninitialised.
-
-        Loaded weights count as initialised and are never overwritten (each ActNorm only
-        initialises itself while its flag is unset).
-
-        Args:
-            lq: LR batch.
-            gt: HR batch matching ``lq``.
-
-        Returns:
-            bool: True if the init ran.
-        """
-        if all(m.initialized for m in self.modules() if isinstance(m, ActNorm)):
-            return False
-        was_training = self.training
-        self.train()
-        try:
-            with torch.no_grad():
-                self.encode(lq, gt)
-        finally:
-            self.train(was_training)
-        return True
-
-    def forward(
-        self, lq: Tensor, gt: Tensor | None = None, latents: Latents | None = None, dequantize: bool = False
-    ) -> Tensor:
-        """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
-        :meth:`decode` of ``latents`` (zeros, i.e. temperature 0, when None)."""
-        if gt is not None:
-            return self.nll(lq, gt, dequantize=dequantize)
-        if latents is None:
-            latents = self.sample_latents(lq, 0.0)
-        return self.decode(lq, latents)
-
     # ------------------------------------------------------------------ plain computation (checks)
     def _plain_features(self, lq: Tensor) -> dict[int, Tensor]:
         # As the release: conditionals at every resolution, the unused highest one included.
@@ -909,14 +874,3 @@ class SRFlowNet(nn.Module):
             f'checkpoint holds SRFlow {_describe(theirs, extra)} but the options build SRFlow '
             f'{_describe(ours, extra)}; they differ in {", ".join(differ)}'
         )
-
-    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
-        """As :meth:`torch.nn.Module.load_state_dict`, but with ``strict`` a checkpoint of another
-        SRFlow configuration raises :class:`CheckpointMismatchError` naming both configurations,
-        instead of torch's list of missing and unexpected keys. ``strict=False`` (a deliberate
-        partial load) is passed on to torch unchanged."""
-        if strict:
-            message = self.describe_checkpoint_mismatch(state_dict)
-            if message is not None:
-                raise CheckpointMismatchError(message)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
