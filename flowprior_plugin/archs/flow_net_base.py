@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from flowprior_plugin.errors import CheckpointMismatchError
-from flowprior_plugin.flow_protocol import Latents
+from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.flow_layers import ActNorm
 
 
@@ -41,7 +41,44 @@ class CheckpointCheckedModule(nn.Module):
 
 
 class ActNormFlowNet(CheckpointCheckedModule):
-    """Base of flows with ActNorm layers that implement the flow protocol's ``encode`` and ``nll``."""
+    """Base of fixed-scale flows with ActNorm layers (SRFlow, HCFlow).
+
+    Subclasses provide the protocol's ``encode``, ``decode`` and ``nll`` plus ``latent_shapes(lq_shape)``,
+    ``_check_lq(lq)`` and ``_resolve_cond(lq, cond)``; temperature sampling, the ActNorm init and
+    ``forward`` are the same for all of them.
+    """
+
+    def sample_latents(
+        self,
+        lq: Tensor,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        cond: FlowCondition | None = None,
+    ) -> Latents:
+        """Latents of temperature sampling: every latent ~ N(0, temperature^2) (zeros at 0).
+
+        Args:
+            lq: LR batch; fixes the shapes, device and dtype.
+            temperature: Standard deviation tau of the latents.
+            generator: Random generator (any device; the draws move to lq's device). Default: None.
+            cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
+                Default: None.
+
+        Returns:
+            list[Tensor]: One tensor per latent level, in the flow's latent order.
+        """
+        self._check_lq(lq)
+        if cond is not None:
+            self._resolve_cond(lq, cond)
+        shapes = self.latent_shapes(lq.shape)
+        if temperature == 0:
+            return [lq.new_zeros(shape) for shape in shapes]
+        # Draw on the generator's device (a CPU generator may drive a CUDA model), then move.
+        device = generator.device if generator is not None else lq.device
+        return [
+            (torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)
+            for shape in shapes
+        ]
 
     def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
         """Run the ActNorm data-dependent init on a batch if any ActNorm is uninitialised.

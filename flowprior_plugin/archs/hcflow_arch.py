@@ -786,38 +786,6 @@ class HCFlowNet(ActNormFlowNet):
             cond = self._resolve_cond(lq, cond)
             return self._run_decode(lq, list(latents), cond.coarsest, cond)
 
-    def sample_latents(
-        self,
-        lq: Tensor,
-        temperature: float,
-        generator: torch.Generator | None = None,
-        cond: FlowCondition | None = None,
-    ) -> Latents:
-        """Latents of temperature sampling: every eps_l ~ N(0, temperature^2) (zeros at 0), so the
-        decode draws ``mean + exp(logstd) * N(0, tau^2)`` as the release.
-
-        Args:
-            lq: LR batch; fixes the shapes, device and dtype.
-            temperature: Standard deviation tau of the latents.
-            generator: Random generator (any device; the draws move to lq's device). Default: None.
-            cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
-                Default: None.
-
-        Returns:
-            list[Tensor]: ``[eps_0, ..., eps_{L-1}]``.
-        """
-        self._check_lq(lq)
-        if cond is not None:
-            self._resolve_cond(lq, cond)
-        shapes = self.latent_shapes(lq.shape)
-        if temperature == 0:
-            return [lq.new_zeros(shape) for shape in shapes]
-        device = generator.device if generator is not None else lq.device
-        return [
-            (torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)
-            for shape in shapes
-        ]
-
     def nll(
         self,
         lq: Tensor,

@@ -727,38 +727,6 @@ class SRFlowNet(ActNormFlowNet):
             cond = self._resolve_cond(lq, cond)
             return self._run_decode(list(latents), cond)
 
-    def sample_latents(
-        self,
-        lq: Tensor,
-        temperature: float,
-        generator: torch.Generator | None = None,
-        cond: FlowCondition | None = None,
-    ) -> Latents:
-        """Latents of temperature sampling: every latent ~ N(0, temperature^2) (zeros at 0).
-
-        Args:
-            lq: LR batch; fixes the shapes, device and dtype.
-            temperature: Standard deviation tau of the latents.
-            generator: Random generator (any device; the draws move to lq's device). Default: None.
-            cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
-                Default: None.
-
-        Returns:
-            list[Tensor]: ``[split eps ..., top z]``.
-        """
-        self._check_lq(lq)
-        if cond is not None:
-            self._resolve_cond(lq, cond)
-        shapes = self.latent_shapes(lq.shape)
-        if temperature == 0:
-            return [lq.new_zeros(shape) for shape in shapes]
-        # Draw on the generator's device (a CPU generator may drive a CUDA model), then move.
-        device = generator.device if generator is not None else lq.device
-        return [
-            (torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)
-            for shape in shapes
-        ]
-
     def nll(
         self,
         lq: Tensor,
