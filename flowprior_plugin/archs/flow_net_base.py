@@ -2,32 +2,93 @@
 
 - :class:`CheckpointCheckedModule`: strict loading says in one line which architecture a
   checkpoint holds and which the options build, instead of torch's wall of key names.
-- :class:`ActNormFlowNet`: flows with data-dependent ActNorm (SRFlow, HCFlow): initialisation from
-  a first batch, and ``forward`` as the likelihood so DDP-wrapped training goes through it.
+- :class:`FlowNet`: what every flow network of this package shares (the family name its
+  messages use, the check of a reused conditioning).
+- :class:`ActNormFlowNet`: fixed-scale flows with data-dependent ActNorm (SRFlow, HCFlow): input
+  checks, temperature sampling, the learned prior's initial latents, the start of the likelihood,
+  initialisation from a first batch, and ``forward`` as the likelihood so DDP-wrapped training
+  goes through it.
+- Helpers that read an architecture from a state dict's keys and shapes and describe it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
-from flowprior_plugin.layers.flow_layers import ActNorm
+from flowprior_plugin.layers.flow_layers import ActNorm, standardize_per_pixel
 
 
 class CheckpointCheckedModule(nn.Module):
     """A module whose strict ``load_state_dict`` first compares architectures.
 
-    Subclasses implement :meth:`describe_checkpoint_mismatch`.
+    Subclasses set :attr:`family` and implement :meth:`_read_architecture` and
+    :meth:`_describe_architecture`; :meth:`describe_checkpoint_mismatch` builds the message from
+    them. :meth:`_foreign_checkpoint_hint` and :meth:`_mismatch_fix` may add to it.
+
+    Attributes:
+        family (str): The family name in messages ('SRFlow'); the class is ``family + 'Net'``.
     """
 
-    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Any]) -> str | None:
-        """One message naming the checkpoint's architecture and ours, or None when they fit."""
+    family: ClassVar[str]
+
+    def _read_architecture(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """The architecture fields a state dict reveals (None where it does not reveal one)."""
         raise NotImplementedError
+
+    def _describe_architecture(self, arch: Mapping[str, Any], differ: Sequence[str]) -> str:
+        """One phrase for ``arch``; ``differ`` names the fields that differ (may be shown too)."""
+        raise NotImplementedError
+
+    def _foreign_checkpoint_hint(self, state_dict: Mapping[str, Any]) -> str:
+        """A parenthesised hint for a state dict with none of our weights that is not a BasicSR
+        wrapper (e.g. another family's checkpoint), or ''."""
+        return ''
+
+    def _mismatch_fix(self, theirs: Mapping[str, Any], differ: Sequence[str]) -> str:
+        """What to change to load a checkpoint of architecture ``theirs``, appended to the message, or ''."""
+        return ''
+
+    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Any]) -> str | None:
+        """Say which architecture of the family a state dict holds if it is not the one of this network.
+
+        Args:
+            state_dict: A raw state dict (a BasicSR ``{'params': ...}`` wrapper must be unwrapped
+                by the caller).
+
+        Returns:
+            str | None: "checkpoint holds <family> <desc> but the options build <family> <desc>;
+            they differ in ...", or None when the architectures fit.
+        """
+        family = self.family
+        ours = self._read_architecture(self.state_dict())
+        theirs = self._read_architecture(state_dict)
+        if all(v is None for v in theirs.values()):
+            first = ', '.join(repr(k) for k in list(state_dict)[:3])
+            if any(k in state_dict for k in ('params', 'params_ema')):
+                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
+            else:
+                hint = self._foreign_checkpoint_hint(state_dict)
+            return (
+                f'checkpoint holds no {family} weights{hint}: its keys start with {first or "nothing"}, '
+                f'but the options build {family} {self._describe_architecture(ours, ())}'
+            )
+        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
+        if not differ:
+            return None
+        return (
+            f'checkpoint holds {family} {self._describe_architecture(theirs, differ)} but the options build '
+            f'{family} {self._describe_architecture(ours, differ)}; they differ in {", ".join(differ)}'
+            f'{self._mismatch_fix(theirs, differ)}'
+        )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As :meth:`torch.nn.Module.load_state_dict`, but with ``strict`` a checkpoint of another
@@ -40,14 +101,72 @@ class CheckpointCheckedModule(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-class ActNormFlowNet(CheckpointCheckedModule):
-    """Base of fixed-scale flows with ActNorm layers (SRFlow, HCFlow).
+class FlowNet(CheckpointCheckedModule):
+    """Base of every flow network of this package (SRFlow, HCFlow, LINF).
 
-    Subclasses provide the protocol's ``encode``, ``decode`` and ``nll`` plus ``latent_shapes(lq_shape)``,
-    ``_check_lq(lq)`` and ``_resolve_cond(lq, cond)``; temperature sampling, the ActNorm init and
-    ``forward`` are the same for all of them.
+    Attributes:
+        condition_type (type[FlowCondition]): What the subclass's ``condition(lq)`` returns.
     """
 
+    condition_type: ClassVar[type[FlowCondition]]
+
+    def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> FlowCondition:
+        """``cond`` checked against ``lq``, or ``condition(lq)`` when None."""
+        if cond is None:
+            return self.condition(lq)
+        if not isinstance(cond, self.condition_type):
+            raise TypeError(
+                f'{self.family}Net needs the {self.condition_type.__name__} from its condition(), '
+                f'got {type(cond).__name__}'
+            )
+        cond.check_matches(lq)
+        return cond
+
+
+class ActNormFlowNet(FlowNet):
+    """Base of fixed-scale flows with ActNorm layers (SRFlow, HCFlow).
+
+    Subclasses provide the protocol's ``condition``, ``encode``, ``decode`` and ``nll`` plus
+    ``latent_shapes(lq_shape)``, and set ``in_nc``, ``scale`` and ``quant``; the input checks,
+    temperature sampling, the initial prior, the start of the likelihood, the ActNorm init and
+    ``forward`` are the same for all of them.
+
+    Attributes:
+        dequantization_offset (float): Subtracted from the U(0, 1) dequantisation noise before
+            it is divided by ``quant`` (SRFlow centres it: 0.5; HCFlow does not: 0).
+    """
+
+    dequantization_offset: ClassVar[float] = 0.0
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def _hr_channels(self) -> int:
+        """Channels of the HR image (those of the LR unless a subclass says otherwise)."""
+        return self.in_nc
+
+    def _check_lq(self, lq: Tensor) -> None:
+        if lq.dim() != 4 or lq.shape[1] != self.in_nc:
+            raise ValueError(f'{self.family}Net expects an LR of shape (B, {self.in_nc}, h, w), got {tuple(lq.shape)}')
+
+    def _check_gt(self, lq: Tensor, gt: Tensor) -> None:
+        b, _, h, w = lq.shape
+        expected = (b, self._hr_channels, h * self.scale, w * self.scale)
+        if tuple(gt.shape) != expected:
+            raise ValueError(
+                f'{self.family}Net at {self.scale}X needs gt exactly {self.scale}x the LR: LR {tuple(lq.shape)} '
+                f'needs gt of shape {expected}, got {tuple(gt.shape)}'
+            )
+
+    def _check_latents(self, lq: Tensor, latents: Latents) -> None:
+        expected = self.latent_shapes(lq.shape)
+        got = [tuple(z.shape) for z in latents]
+        if got != expected:
+            raise ValueError(
+                f'{self.family}Net at {self.scale}X expects latents of shapes {expected} for an LR of shape '
+                f'{tuple(lq.shape)}, got {got}'
+            )
+
+    # ------------------------------------------------------------------ protocol
     def sample_latents(
         self,
         lq: Tensor,
@@ -79,6 +198,62 @@ class ActNormFlowNet(CheckpointCheckedModule):
             (torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)
             for shape in shapes
         ]
+
+    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None) -> Latents:
+        """Initial latents z0 of the learned prior: the encoding of the bilinearly upsampled LR
+        (align_corners False), each level standardised per pixel across channels,
+        ``(z - mean_c) / (std_c + 1e-8)`` (unbiased std).
+
+        Args:
+            lq: LR batch (B, in_nc, h, w).
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+
+        Returns:
+            list[Tensor]: The latents in the flow's latent order, standardised.
+        """
+        self._check_lq(lq)
+        up = F.interpolate(
+            lq, size=(lq.shape[2] * self.scale, lq.shape[3] * self.scale), mode='bilinear', align_corners=False
+        )
+        return [standardize_per_pixel(z) for z in self.encode(lq, up, cond)]
+
+    def _start_nll(
+        self,
+        lq: Tensor,
+        gt: Tensor,
+        cond: FlowCondition | None,
+        dequantize: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, FlowCondition, Tensor]:
+        """The start of :meth:`nll`: checked inputs, the condition, and the dequantisation.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w).
+            gt: HR batch (B, C, h*scale, w*scale) in [0, 1].
+            cond: ``condition(lq)`` to reuse; computed when None.
+            dequantize: Add ``(U(0, 1) - dequantization_offset) / quant`` noise to gt and its
+                ``-log(quant) * H * W`` log-det term.
+            generator: Random generator of the noise (any device; the draw moves to gt's device).
+
+        Returns:
+            tuple: (gt, dequantised if asked; the condition; the log-det so far, shape (B,)).
+        """
+        self._check_lq(lq)
+        self._check_gt(lq, gt)
+        cond = self._resolve_cond(lq, cond)
+        num_pixels = gt.shape[2] * gt.shape[3]
+        logdet = gt.new_zeros(gt.shape[0])
+        if dequantize:
+            device = generator.device if generator is not None else gt.device
+            noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
+            gt = gt + (noise - self.dequantization_offset) / self.quant
+            logdet = logdet - math.log(self.quant) * num_pixels
+        return gt, cond, logdet
+
+    @staticmethod
+    def _bits_per_pixel(objective: Tensor, gt: Tensor) -> Tensor:
+        """Negative log-likelihood ``objective`` (nats per image) in bits per HR pixel (H*W of gt)."""
+        return -objective / (math.log(2.0) * (gt.shape[2] * gt.shape[3]))
 
     def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
         """Run the ActNorm data-dependent init on a batch if any ActNorm is uninitialised.
@@ -114,3 +289,68 @@ class ActNormFlowNet(CheckpointCheckedModule):
         if latents is None:
             latents = self.sample_latents(lq, 0.0)
         return self.decode(lq, latents)
+
+
+# ---------------------------------------------------------------------- architecture descriptions
+
+
+def official_options(family: str, configs: Mapping[str, Mapping], common: Mapping, name: str) -> dict:
+    """Constructor arguments of a released config: ``common`` updated by ``configs[name]``.
+
+    Raises:
+        KeyError: ``name`` is not in ``configs`` (the message lists the known ones).
+    """
+    if name not in configs:
+        raise KeyError(f'unknown {family} config {name!r}; known: {", ".join(configs)}')
+    return dict(common, **configs[name])
+
+
+def state_dict_shapes(shapes: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor entry of a state dict, keyed as the original keys.
+
+    Keys BasicSR renamed with a trailing ``.ignore`` (size mismatch) are read like the original
+    key; entries that are neither tensors nor shapes (e.g. a nested dict of a wrapped checkpoint)
+    reveal nothing and are left out.
+    """
+    keys: dict[str, tuple[int, ...]] = {}
+    for key, value in shapes.items():
+        if hasattr(value, 'shape'):
+            shape = tuple(value.shape)
+        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
+            shape = tuple(value)
+        else:
+            continue
+        key = str(key)
+        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
+    return keys
+
+
+def shape_dim(keys: Mapping[str, tuple[int, ...]], key: str, dim: int) -> int | None:
+    """Size ``dim`` of the tensor at ``key``, or None where there is no such tensor or dimension."""
+    shape = keys.get(key)
+    return shape[dim] if shape is not None and len(shape) > dim else None
+
+
+def key_indices(keys: Mapping[str, Any], pattern: str) -> list[int]:
+    """The distinct integers that ``pattern``'s first group matches at the start of a key, sorted."""
+    return sorted({int(m.group(1)) for m in (re.match(pattern, k) for k in keys) if m})
+
+
+def official_config_name(
+    arch: Mapping[str, Any], official: Mapping[str, Mapping[str, Any]], fields: Sequence[str]
+) -> str | None:
+    """The first released config (name -> constructor arguments) that ``arch`` matches in every
+    one of ``fields``, or None."""
+    for name, options in official.items():
+        if all(arch.get(k) == options[k] for k in fields):
+            return name
+    return None
+
+
+def describe_scaled_architecture(arch: Mapping[str, Any], fields: Sequence[str], official: str | None) -> str:
+    """ "4X, nb=23, K=16 (the official DF2K 4X config)": the scale, then each of ``fields`` the
+    architecture reveals, then the released config it matches, if any."""
+    parts = [f'{arch["scale"]}X' if arch.get('scale') else 'of unknown scale']
+    parts += [f'{k}={arch[k]}' for k in fields if arch.get(k) is not None]
+    text = ', '.join(parts)
+    return f'{text} (the official {official} config)' if official else text

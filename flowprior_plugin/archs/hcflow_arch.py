@@ -57,7 +57,6 @@ likelihood exists for HCFlow):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -66,7 +65,15 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import ActNormFlowNet
+from flowprior_plugin.archs.flow_net_base import (
+    ActNormFlowNet,
+    describe_scaled_architecture,
+    key_indices,
+    official_config_name,
+    official_options,
+    shape_dim,
+    state_dict_shapes,
+)
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
@@ -77,7 +84,6 @@ from flowprior_plugin.layers.flow_layers import (
     cross_split,
     gaussian_log_prob,
     squeeze2d,
-    standardize_per_pixel,
     unsqueeze2d,
 )
 from flowprior_plugin.layers.rrdb import RRDB
@@ -92,9 +98,7 @@ _OFFICIAL_COMMON = dict(in_nc=3, nf=64, gc=32, K=26, n_additional_steps=13, hidd
 
 def official_hcflow_options(name: str) -> dict:
     """Constructor arguments of :class:`HCFlowNet` for a released config ('DF2K 4X', 'CelebA 8X')."""
-    if name not in HCFLOW_OFFICIAL_CONFIGS:
-        raise KeyError(f'unknown HCFlow config {name!r}; known: {", ".join(HCFLOW_OFFICIAL_CONFIGS)}')
-    return dict(_OFFICIAL_COMMON, **HCFLOW_OFFICIAL_CONFIGS[name])
+    return official_options('HCFlow', HCFLOW_OFFICIAL_CONFIGS, _OFFICIAL_COMMON, name)
 
 
 # ---------------------------------------------------------------------- layers
@@ -438,22 +442,13 @@ def read_hcflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, i
         dict: scale, nb, K, n_additional_steps, nf, gc, in_nc, hidden_channels; a field is None where
         the state dict does not reveal it.
     """
-    keys = {}
-    for key, value in shapes.items():
-        if hasattr(value, 'shape'):
-            shape = tuple(value.shape)
-        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
-            shape = tuple(value)
-        else:  # not a tensor (a nested dict of a wrapped checkpoint): reveals nothing
-            continue
-        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
+    keys = state_dict_shapes(shapes)
 
     def shape_of(key: str, dim: int) -> int | None:
-        shape = keys.get(key)
-        return shape[dim] if shape is not None and len(shape) > dim else None
+        return shape_dim(keys, key, dim)
 
     def indices(pattern: str) -> list[int]:
-        return sorted({int(m.group(1)) for m in (re.match(pattern, k) for k in keys) if m})
+        return key_indices(keys, pattern)
 
     arch: dict[str, int | None] = dict.fromkeys(
         ('scale', 'nb', 'K', 'n_additional_steps', 'nf', 'gc', 'in_nc', 'hidden_channels')
@@ -486,19 +481,12 @@ _EXTRA_FIELDS = ('n_additional_steps', 'nf', 'gc', 'in_nc', 'hidden_channels')
 
 
 def _official_name(arch: Mapping[str, int | None]) -> str | None:
-    for name in HCFLOW_OFFICIAL_CONFIGS:
-        options = official_hcflow_options(name)
-        if all(arch.get(k) == options[k] for k in ('scale', *_CORE_FIELDS, *_EXTRA_FIELDS)):
-            return name
-    return None
+    official = {name: official_hcflow_options(name) for name in HCFLOW_OFFICIAL_CONFIGS}
+    return official_config_name(arch, official, ('scale', *_CORE_FIELDS, *_EXTRA_FIELDS))
 
 
 def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
-    parts = [f'{arch["scale"]}X' if arch.get('scale') else 'of unknown scale']
-    parts += [f'{k}={arch[k]}' for k in (*_CORE_FIELDS, *extra) if arch.get(k) is not None]
-    official = _official_name(arch)
-    text = ', '.join(parts)
-    return f'{text} (the official {official} config)' if official else text
+    return describe_scaled_architecture(arch, (*_CORE_FIELDS, *extra), _official_name(arch))
 
 
 # ---------------------------------------------------------------------- the network
@@ -528,6 +516,11 @@ class HCFlowNet(ActNormFlowNet):
             lr_noise_logstd))`` in :meth:`nll` (the release's exp(-6) variance). Default: -3.0.
         log_scale_factor (float): Coupling log-scale ``= factor * atan(2 s)``. Default: 0.318.
     """
+
+    family = 'HCFlow'
+    condition_type = HCFlowCondition
+    # The release's dequantisation noise is not centred: U(0, 1) / quant.
+    dequantization_offset = 0.0
 
     def __init__(
         self,
@@ -567,33 +560,12 @@ class HCFlowNet(ActNormFlowNet):
         # likelihood, so every parameter gets a gradient (nothing to freeze for DDP).
 
     # ------------------------------------------------------------------ checks
-    def _check_lq(self, lq: Tensor) -> None:
-        if lq.dim() != 4 or lq.shape[1] != self.in_nc:
-            raise ValueError(f'HCFlowNet expects an LR of shape (B, {self.in_nc}, h, w), got {tuple(lq.shape)}')
-
-    def _check_gt(self, lq: Tensor, gt: Tensor) -> None:
-        b, _, h, w = lq.shape
-        expected = (b, self.in_nc, h * self.scale, w * self.scale)
-        if tuple(gt.shape) != expected:
-            raise ValueError(
-                f'HCFlowNet at {self.scale}X needs gt exactly {self.scale}x the LR: LR {tuple(lq.shape)} '
-                f'needs gt of shape {expected}, got {tuple(gt.shape)}'
-            )
-
     def _check_hr(self, gt: Tensor) -> None:
         if gt.dim() != 4 or gt.shape[1] != self.in_nc or gt.shape[2] % self.scale or gt.shape[3] % self.scale:
             raise ValueError(
                 f'HCFlowNet at {self.scale}X expects an HR of shape (B, {self.in_nc}, H, W) with H and W '
                 f'multiples of {self.scale}, got {tuple(gt.shape)}'
             )
-
-    def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> HCFlowCondition:
-        if cond is None:
-            return self.condition(lq)
-        if not isinstance(cond, HCFlowCondition):
-            raise TypeError(f'HCFlowNet needs the HCFlowCondition from its condition(), got {type(cond).__name__}')
-        cond.check_matches(lq)
-        return cond
 
     def latent_shapes(self, lq_shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
         """Shapes of the latents for an LR of shape ``lq_shape`` (finest level first)."""
@@ -602,15 +574,6 @@ class HCFlowNet(ActNormFlowNet):
             (b, c, h * self.scale // 2 ** (level + 1), w * self.scale // 2 ** (level + 1))
             for level, c in enumerate(self.flow.latent_channels)
         ]
-
-    def _check_latents(self, lq: Tensor, latents: Latents) -> None:
-        expected = self.latent_shapes(lq.shape)
-        got = [tuple(z.shape) for z in latents]
-        if got != expected:
-            raise ValueError(
-                f'HCFlowNet at {self.scale}X expects latents of shapes {expected} for an LR of shape '
-                f'{tuple(lq.shape)}, got {got}'
-            )
 
     # ------------------------------------------------------------------ flow
     def _main_encode(self, x: Tensor, logdet: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
@@ -813,39 +776,12 @@ class HCFlowNet(ActNormFlowNet):
         Returns:
             Tensor: Bits per pixel, one per image.
         """
-        self._check_lq(lq)
-        self._check_gt(lq, gt)
-        cond = self._resolve_cond(lq, cond)
-        num_pixels = gt.shape[2] * gt.shape[3]
-        logdet = gt.new_zeros(gt.shape[0])
-        if dequantize:
-            device = generator.device if generator is not None else gt.device
-            noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
-            gt = gt + noise / self.quant
-            logdet = logdet - math.log(self.quant) * num_pixels
+        gt, cond, logdet = self._start_nll(lq, gt, cond, dequantize, generator)
         kept, aux, logdet = self._main_encode(gt, logdet)
         _, logp = self._cond_encode(kept, aux, cond.coarsest, cond)
         lr_logs = torch.full_like(lq, self.lr_noise_logstd)
         objective = logdet + logp + gaussian_log_prob(lq, kept[-1], lr_logs)
-        return -objective / (math.log(2.0) * num_pixels)
-
-    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None) -> Latents:
-        """Initial latents z0 of the learned prior: :meth:`encode` of the bilinearly upsampled LR
-        (align_corners False), each level standardised per pixel across channels,
-        ``(z - mean_c) / (std_c + 1e-8)`` (unbiased std), as for SRFlow.
-
-        Args:
-            lq: LR batch (B, in_nc, h, w).
-            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
-
-        Returns:
-            list[Tensor]: ``[eps_0, ..., eps_{L-1}]``, standardised.
-        """
-        self._check_lq(lq)
-        up = F.interpolate(
-            lq, size=(lq.shape[2] * self.scale, lq.shape[3] * self.scale), mode='bilinear', align_corners=False
-        )
-        return [standardize_per_pixel(z) for z in self.encode(lq, up, cond)]
+        return self._bits_per_pixel(objective, gt)
 
     def latent_channels(self) -> list[int]:
         """Channel count of each latent, finest first ([6, 21] at 4X, [6, 12, 45] at 8X)."""
@@ -868,38 +804,16 @@ class HCFlowNet(ActNormFlowNet):
             return self._run_decode(lq, list(latents), self._coarsest_condition(lq, plain=True), None)
 
     # ------------------------------------------------------------------ checkpoints
-    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Tensor]) -> str | None:
-        """Say which HCFlow configuration a state dict holds if it is not the one of this network.
+    def _read_architecture(self, state_dict: Mapping[str, Tensor]) -> dict[str, int | None]:
+        """Scale (number of ``levelN_condFlow``), nb, K, the steps after the split and the channel
+        counts, read from the keys and shapes (see :func:`read_hcflow_architecture`)."""
+        return read_hcflow_architecture(state_dict)
 
-        Reads scale (number of ``levelN_condFlow``), nb, K, the steps after the split and the
-        channel counts from the keys and shapes, and names the official config each side matches.
+    def _describe_architecture(self, arch: Mapping[str, int | None], differ: Sequence[str]) -> str:
+        """Scale, nb, K, the other fields where they differ, and the official config it matches."""
+        return _describe(arch, [k for k in _EXTRA_FIELDS if k in differ])
 
-        Args:
-            state_dict: A raw state dict (a BasicSR ``{'params': ...}`` wrapper must be unwrapped
-                by the caller).
-
-        Returns:
-            str | None: "checkpoint holds HCFlow <desc> but the options build HCFlow <desc>", or
-            None when the architectures fit.
-        """
-        ours = read_hcflow_architecture(self.state_dict())
-        theirs = read_hcflow_architecture(state_dict)
-        if all(v is None for v in theirs.values()):
-            first = ', '.join(repr(k) for k in list(state_dict)[:3])
-            hint = ''
-            if any(k in state_dict for k in ('params', 'params_ema')):
-                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
-            elif any(k.startswith(('flowUpsamplerNet.', 'RRDB.')) for k in state_dict):
-                hint = ' (it looks like an SRFlow checkpoint: use SRFlowNet)'
-            return (
-                f'checkpoint holds no HCFlow weights{hint}: its keys start with {first or "nothing"}, '
-                f'but the options build HCFlow {_describe(ours, ())}'
-            )
-        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
-        if not differ:
-            return None
-        extra = [k for k in _EXTRA_FIELDS if k in differ]
-        return (
-            f'checkpoint holds HCFlow {_describe(theirs, extra)} but the options build HCFlow '
-            f'{_describe(ours, extra)}; they differ in {", ".join(differ)}'
-        )
+    def _foreign_checkpoint_hint(self, state_dict: Mapping[str, Tensor]) -> str:
+        if any(k.startswith(('flowUpsamplerNet.', 'RRDB.')) for k in state_dict):
+            return ' (it looks like an SRFlow checkpoint: use SRFlowNet)'
+        return ''

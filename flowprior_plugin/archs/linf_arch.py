@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import CheckpointCheckedModule
+from flowprior_plugin.archs.flow_net_base import FlowNet, shape_dim, state_dict_shapes
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
@@ -119,7 +119,7 @@ def official_linf_options(name: str) -> dict[str, Any]:
 
 
 @ARCH_REGISTRY.register()
-class LINFNet(CheckpointCheckedModule):
+class LINFNet(FlowNet):
     """LINF: an LR encoder, local implicit Fourier features and a per-location flow.
 
     Children (the checkpoint's keys): ``encoder`` (EDSR-baseline or RRDB, no upsampling),
@@ -150,6 +150,8 @@ class LINFNet(CheckpointCheckedModule):
     """
 
     lr_multiple = 1
+    family = 'LINF'
+    condition_type = LINFCondition
 
     def __init__(
         self,
@@ -288,14 +290,6 @@ class LINFNet(CheckpointCheckedModule):
         if not isinstance(lq, Tensor) or lq.dim() != 4 or lq.shape[1] != self.in_nc:
             got = tuple(lq.shape) if isinstance(lq, Tensor) else type(lq).__name__
             raise ValueError(f'LINFNet expects an LR batch (B, {self.in_nc}, h, w), got {got}')
-
-    def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> LINFCondition:
-        if cond is None:
-            return self.condition(lq)
-        if not isinstance(cond, LINFCondition):
-            raise TypeError(f'LINFNet needs the LINFCondition from its condition(), got {type(cond).__name__}')
-        cond.check_matches(lq)
-        return cond
 
     def _mlp(self, x: Tensor) -> Tensor:
         # The checkpoint stores 1x1 convolutions; on channels-last query vectors they are linear maps.
@@ -497,26 +491,17 @@ class LINFNet(CheckpointCheckedModule):
             the options to change, or None when the architectures fit.
         """
         state_dict, _ = unwrap_linf_checkpoint(state_dict)
-        ours = read_linf_architecture(self.state_dict())
-        theirs = read_linf_architecture(state_dict)
-        if all(v is None for v in theirs.values()):
-            first = ', '.join(repr(k) for k in list(state_dict)[:3])
-            hint = ''
-            if any(k in state_dict for k in ('params', 'params_ema')):
-                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
-            return (
-                f'checkpoint holds no LINF weights{hint}: its keys start with {first or "nothing"}, '
-                f'but the options build LINF {describe_linf_architecture(ours)}'
-            )
-        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
-        if not differ:
-            return None
+        return super().describe_checkpoint_mismatch(state_dict)
+
+    def _read_architecture(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        return read_linf_architecture(state_dict)
+
+    def _describe_architecture(self, arch: Mapping[str, Any], differ: Sequence[str]) -> str:
+        return describe_linf_architecture(arch)
+
+    def _mismatch_fix(self, theirs: Mapping[str, Any], differ: Sequence[str]) -> str:
         fixes = [f'{_OPTION_OF[k]}: {theirs[k]}' for k in differ if k in _OPTION_OF]
-        fix = f'. To load it, set {", ".join(fixes)} in the network options' if fixes else ''
-        return (
-            f'checkpoint holds LINF {describe_linf_architecture(theirs)} but the options build LINF '
-            f'{describe_linf_architecture(ours)}; they differ in {", ".join(differ)}{fix}'
-        )
+        return f'. To load it, set {", ".join(fixes)} in the network options' if fixes else ''
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As :meth:`torch.nn.Module.load_state_dict`, and also reads the released checkpoint format.
@@ -595,20 +580,10 @@ def read_linf_architecture(shapes: Mapping[str, Any]) -> dict[str, Any]:
         dict: encoder ('edsr_baseline' / 'rrdb'), encoder_blocks, nf, in_nc, patch_size,
         hidden_dim, flow_layers, mlp_layers; None where the state dict does not reveal a field.
     """
-    keys: dict[str, tuple[int, ...]] = {}
-    for key, value in shapes.items():
-        if hasattr(value, 'shape'):
-            shape = tuple(value.shape)
-        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
-            shape = tuple(value)
-        else:
-            continue
-        key = str(key)
-        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
+    keys = state_dict_shapes(shapes)
 
     def dim(key: str, i: int) -> int | None:
-        shape = keys.get(key)
-        return shape[i] if shape is not None and len(shape) > i else None
+        return shape_dim(keys, key, i)
 
     def count(pattern: str) -> int:
         return len({m.group(1) for k in keys if (m := re.match(pattern, k))})

@@ -25,7 +25,6 @@ every ``fea_up{2,4,...}`` is taken after its LeakyReLU.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,15 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import ActNormFlowNet
+from flowprior_plugin.archs.flow_net_base import (
+    ActNormFlowNet,
+    describe_scaled_architecture,
+    key_indices,
+    official_config_name,
+    official_options,
+    shape_dim,
+    state_dict_shapes,
+)
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
@@ -45,7 +52,7 @@ from flowprior_plugin.layers.flow_layers import (
     cross_split,
     gaussian_log_prob,
     squeeze2d,
-    standardize_per_pixel,  # shared with HCFlow; still importable from here
+    standardize_per_pixel,  # noqa: F401  (shared with HCFlow; still importable from here)
     unsqueeze2d,
 )
 from flowprior_plugin.layers.rrdb import RRDB
@@ -64,9 +71,7 @@ _UNUSED_F_CHANNELS = 96
 
 def official_srflow_options(name: str) -> dict:
     """Constructor arguments of :class:`SRFlowNet` for a released config ('DF2K 4X', 'DF2K 8X', 'CelebA 8X')."""
-    if name not in SRFLOW_OFFICIAL_CONFIGS:
-        raise KeyError(f'unknown SRFlow config {name!r}; known: {", ".join(SRFLOW_OFFICIAL_CONFIGS)}')
-    return dict(_OFFICIAL_COMMON, **SRFLOW_OFFICIAL_CONFIGS[name])
+    return official_options('SRFlow', SRFLOW_OFFICIAL_CONFIGS, _OFFICIAL_COMMON, name)
 
 
 def _feature_name(factor: int) -> str:
@@ -418,27 +423,13 @@ def read_srflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, i
         dict: scale, nb, K, L, nf, gc, in_nc, hidden_channels, n_no_coupling_steps, cond_channels and
         splits; a field is None where the state dict does not reveal it (e.g. no flow keys).
     """
-    keys = {}
-    for key, value in shapes.items():
-        if hasattr(value, 'shape'):
-            shape = tuple(value.shape)
-        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
-            shape = tuple(value)
-        else:  # not a tensor (e.g. a nested dict of a wrapped checkpoint): reveals nothing
-            continue
-        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
+    keys = state_dict_shapes(shapes)
 
     def shape_of(key: str, dim: int) -> int | None:
-        shape = keys.get(key)
-        return shape[dim] if shape is not None and len(shape) > dim else None
+        return shape_dim(keys, key, dim)
 
     def indices(pattern: str) -> list[int]:
-        found = set()
-        for key in keys:
-            match = re.match(pattern, key)
-            if match:
-                found.add(int(match.group(1)))
-        return sorted(found)
+        return key_indices(keys, pattern)
 
     arch: dict[str, int | None] = dict.fromkeys(
         (
@@ -486,22 +477,17 @@ _CORE_FIELDS = ('nb', 'K', 'L')
 _EXTRA_FIELDS = ('nf', 'gc', 'in_nc', 'hidden_channels', 'n_no_coupling_steps', 'cond_channels', 'splits')
 
 
+# What identifies a released config (cond_channels and splits follow from these).
+_OFFICIAL_FIELDS = ('scale', 'nb', 'K', 'L', 'nf', 'gc', 'in_nc', 'hidden_channels', 'n_no_coupling_steps')
+
+
 def _official_name(arch: Mapping[str, int | None]) -> str | None:
-    for name in SRFLOW_OFFICIAL_CONFIGS:
-        options = official_srflow_options(name)
-        wanted = {k: options[k] for k in ('scale', 'nb', 'K', 'L', 'nf', 'gc', 'in_nc', 'hidden_channels')}
-        wanted['n_no_coupling_steps'] = options['n_no_coupling_steps']
-        if all(arch.get(k) == v for k, v in wanted.items()):
-            return name
-    return None
+    official = {name: official_srflow_options(name) for name in SRFLOW_OFFICIAL_CONFIGS}
+    return official_config_name(arch, official, _OFFICIAL_FIELDS)
 
 
 def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
-    parts = [f'{arch["scale"]}X' if arch.get('scale') else 'of unknown scale']
-    parts += [f'{k}={arch[k]}' for k in (*_CORE_FIELDS, *extra) if arch.get(k) is not None]
-    official = _official_name(arch)
-    text = ', '.join(parts)
-    return f'{text} (the official {official} config)' if official else text
+    return describe_scaled_architecture(arch, (*_CORE_FIELDS, *extra), _official_name(arch))
 
 
 @ARCH_REGISTRY.register()
@@ -528,6 +514,11 @@ class SRFlowNet(ActNormFlowNet):
         quant (int): Quantisation levels of the dequantisation noise in :meth:`nll`. Default: 32.
         eps (float): Added to the coupling scales (they never reach 0). Default: 1e-4.
     """
+
+    family = 'SRFlow'
+    condition_type = SRFlowCondition
+    # The release's dequantisation noise is centred: U(-0.5, 0.5) / quant.
+    dequantization_offset = 0.5
 
     def __init__(
         self,
@@ -585,9 +576,12 @@ class SRFlowNet(ActNormFlowNet):
             module.requires_grad_(False)
 
     # ------------------------------------------------------------------ checks
+    @property
+    def _hr_channels(self) -> int:
+        return self.out_nc
+
     def _check_lq(self, lq: Tensor) -> None:
-        if lq.dim() != 4 or lq.shape[1] != self.in_nc:
-            raise ValueError(f'SRFlowNet expects an LR of shape (B, {self.in_nc}, h, w), got {tuple(lq.shape)}')
+        super()._check_lq(lq)
         m = self.lr_multiple
         if lq.shape[2] % m or lq.shape[3] % m:
             need = 'even LR sides' if m == 2 else f'LR sides divisible by {m}'
@@ -596,23 +590,6 @@ class SRFlowNet(ActNormFlowNet):
                 f'{tuple(lq.shape)}; models reflect-pad the LR to a multiple of {m} and crop the SR back'
             )
 
-    def _check_gt(self, lq: Tensor, gt: Tensor) -> None:
-        b, _, h, w = lq.shape
-        expected = (b, self.out_nc, h * self.scale, w * self.scale)
-        if tuple(gt.shape) != expected:
-            raise ValueError(
-                f'SRFlowNet at {self.scale}X needs gt exactly {self.scale}x the LR: LR {tuple(lq.shape)} '
-                f'needs gt of shape {expected}, got {tuple(gt.shape)}'
-            )
-
-    def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> SRFlowCondition:
-        if cond is None:
-            return self.condition(lq)
-        if not isinstance(cond, SRFlowCondition):
-            raise TypeError(f'SRFlowNet needs the SRFlowCondition from its condition(), got {type(cond).__name__}')
-        cond.check_matches(lq)
-        return cond
-
     def latent_shapes(self, lq_shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
         """Shapes of the latents for an LR of shape ``lq_shape`` (split eps first, top z last)."""
         b, _, h, w = lq_shape
@@ -620,15 +597,6 @@ class SRFlowNet(ActNormFlowNet):
             (b, c, h * self.scale // 2**level, w * self.scale // 2**level)
             for c, level in self.flowUpsamplerNet.latent_specs
         ]
-
-    def _check_latents(self, lq: Tensor, latents: Latents) -> None:
-        expected = self.latent_shapes(lq.shape)
-        got = [tuple(z.shape) for z in latents]
-        if got != expected:
-            raise ValueError(
-                f'SRFlowNet at {self.scale}X expects latents of shapes {expected} for an LR of shape '
-                f'{tuple(lq.shape)}, got {got}'
-            )
 
     # ------------------------------------------------------------------ flow
     def _run_encode(
@@ -751,36 +719,10 @@ class SRFlowNet(ActNormFlowNet):
         Returns:
             Tensor: Bits per pixel, one per image.
         """
-        self._check_lq(lq)
-        self._check_gt(lq, gt)
-        cond = self._resolve_cond(lq, cond)
-        num_pixels = gt.shape[2] * gt.shape[3]
-        logdet = gt.new_zeros(gt.shape[0])
-        if dequantize:
-            device = generator.device if generator is not None else gt.device
-            noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
-            gt = gt + (noise - 0.5) / self.quant
-            logdet = logdet - math.log(self.quant) * num_pixels
+        gt, cond, logdet = self._start_nll(lq, gt, cond, dequantize, generator)
         latents, logdet = self._run_encode(gt, logdet, cond)
         objective = logdet + gaussian_log_prob(latents[-1])
-        return -objective / (math.log(2.0) * num_pixels)
-
-    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None) -> Latents:
-        """Initial latents z0 of the learned prior: the encoding of the bilinearly upsampled LR, each
-        level standardised per pixel across channels, ``(z - mean_c) / (std_c + 1e-8)`` (unbiased std).
-
-        Args:
-            lq: LR batch (B, in_nc, h, w).
-            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
-
-        Returns:
-            list[Tensor]: ``[split eps ..., top z]``, standardised.
-        """
-        self._check_lq(lq)
-        up = F.interpolate(
-            lq, size=(lq.shape[2] * self.scale, lq.shape[3] * self.scale), mode='bilinear', align_corners=False
-        )
-        return [standardize_per_pixel(z) for z in self.encode(lq, up, cond)]
+        return self._bits_per_pixel(objective, gt)
 
     def latent_channels(self) -> list[int]:
         """Channel count of each latent in latent order ([6, 96] at 4X, [6, 12, 192] at 8X)."""
@@ -808,37 +750,11 @@ class SRFlowNet(ActNormFlowNet):
             return self._run_decode(list(latents), None, self._plain_features(lq))
 
     # ------------------------------------------------------------------ checkpoints
-    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Tensor]) -> str | None:
-        """Say which SRFlow configuration a state dict holds if it is not the one of this network.
+    def _read_architecture(self, state_dict: Mapping[str, Tensor]) -> dict[str, int | None]:
+        """Scale (number of upconvs), nb (RRDB_trunk indices), K and L (flow layers) and the
+        channel counts, read from the keys and shapes (see :func:`read_srflow_architecture`)."""
+        return read_srflow_architecture(state_dict)
 
-        Reads scale (number of upconvs), nb (RRDB_trunk indices), K and L (flow layers) and the
-        channel counts from the keys and shapes, names the official config each side matches, and
-        compares the fields the state dict reveals.
-
-        Args:
-            state_dict: A raw state dict (a BasicSR ``{'params': ...}`` wrapper must be unwrapped
-                by the caller).
-
-        Returns:
-            str | None: "checkpoint holds SRFlow <desc> but the options build SRFlow <desc>", or
-            None when the architectures fit.
-        """
-        ours = read_srflow_architecture(self.state_dict())
-        theirs = read_srflow_architecture(state_dict)
-        if all(v is None for v in theirs.values()):
-            first = ', '.join(repr(k) for k in list(state_dict)[:3])
-            hint = ''
-            if any(k in state_dict for k in ('params', 'params_ema')):
-                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
-            return (
-                f'checkpoint holds no SRFlow weights{hint}: its keys start with {first or "nothing"}, '
-                f'but the options build SRFlow {_describe(ours, ())}'
-            )
-        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
-        if not differ:
-            return None
-        extra = [k for k in _EXTRA_FIELDS if k in differ]
-        return (
-            f'checkpoint holds SRFlow {_describe(theirs, extra)} but the options build SRFlow '
-            f'{_describe(ours, extra)}; they differ in {", ".join(differ)}'
-        )
+    def _describe_architecture(self, arch: Mapping[str, int | None], differ: Sequence[str]) -> str:
+        """Scale, nb, K, L, the other fields where they differ, and the official config it matches."""
+        return _describe(arch, [k for k in _EXTRA_FIELDS if k in differ])
