@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 import flowprior_plugin  # noqa: F401  (registers everything, installs the torchvision stand-in)
+from flowprior_plugin.benchmark import randomize_parameters_
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,73 @@ def _no_downloads(monkeypatch):
         raise RuntimeError(f'a test tried to download {url}')
 
     monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
+
+
+@contextlib.contextmanager
+def captured(logger: logging.Logger):
+    """Records of ``logger`` (BasicSR's logger may not propagate to pytest's caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def offline_torch_hub(tmp_path: Path, monkeypatch) -> list[str]:
+    """An empty torch hub ($TORCH_HOME under ``tmp_path``) whose downloads fail at once with an
+    OSError (as an offline machine's would), each URL tried recorded. Returns that list."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    attempts: list[str] = []
+
+    def no_download(url, *args, **kwargs):
+        attempts.append(url)
+        raise OSError(f'network disabled in tests: {url}')
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
+    return attempts
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference of ``a`` from ``b``, relative to ``b``'s largest magnitude."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def load_golden(reference_dir: Path, name: str) -> dict:
+    """The golden vectors ``golden/<name>`` of the reference material."""
+    return torch.load(reference_dir / 'golden' / name, weights_only=True)
+
+
+def meta_state_dict(pairs) -> dict[str, torch.Tensor]:
+    """A state dict of meta tensors (no memory) from ``(key, shape)`` pairs, e.g. a key list."""
+    return {key: torch.empty(shape, device='meta') for key, shape in pairs}
+
+
+def meta_module(cls: type[torch.nn.Module], options: dict) -> torch.nn.Module:
+    """``cls(**options)`` on the meta device: an official architecture without allocating or
+    initialising its parameters."""
+    with torch.device('meta'):
+        return cls(**options)
+
+
+def tiny_module(cls: type[torch.nn.Module], options: dict, randomize: bool = True, seed: int = 0) -> torch.nn.Module:
+    """``cls(**options)`` built under ``seed``, in eval mode; with ``randomize`` every parameter is
+    drawn at random (so no map is the identity, and zero-initialised heads take part)."""
+    torch.manual_seed(seed)
+    net = cls(**options)
+    if randomize:
+        randomize_parameters_(net, torch.Generator().manual_seed(seed))
+    return net.eval()
+
+
+def random_lr_hr(scale: int, h: int, w: int, batch: int = 2, dtype=torch.float32, seed: int = 1):
+    """A random 3-channel LR batch (batch, 3, h, w) and HR batch ``scale`` times its size, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    lq = torch.rand(batch, 3, h, w, generator=g, dtype=dtype)
+    gt = torch.rand(batch, 3, h * scale, w * scale, generator=g, dtype=dtype)
+    return lq, gt
 
 
 def write_paired_images(root: Path, count: int, hr_size: tuple[int, int], scale: int, seed: int = 0) -> Path:

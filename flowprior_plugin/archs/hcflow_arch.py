@@ -444,35 +444,29 @@ def read_hcflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, i
     """
     keys = state_dict_shapes(shapes)
 
-    def shape_of(key: str, dim: int) -> int | None:
-        return shape_dim(keys, key, dim)
-
-    def indices(pattern: str) -> list[int]:
-        return key_indices(keys, pattern)
-
     arch: dict[str, int | None] = dict.fromkeys(
         ('scale', 'nb', 'K', 'n_additional_steps', 'nf', 'gc', 'in_nc', 'hidden_channels')
     )
-    levels = indices(r'flow\.level(\d+)_condFlow\.')
+    levels = key_indices(keys, r'flow\.level(\d+)_condFlow\.')
     if levels:
         arch['scale'] = 2 ** (levels[-1] + 1)
-        trunk = indices(r'flow\.level0_condFlow\.RRDB_trunk0\.(\d+)\.')
+        trunk = key_indices(keys, r'flow\.level0_condFlow\.RRDB_trunk0\.(\d+)\.')
         arch['nb'] = trunk[-1] + 1 if trunk else 0
         arch['n_additional_steps'] = len(
-            indices(r'flow\.level0_condFlow\.additional_flow_steps\.(\d+)\.actnorm\.bias$')
+            key_indices(keys, r'flow\.level0_condFlow\.additional_flow_steps\.(\d+)\.actnorm\.bias$')
         )
-        arch['nf'] = shape_of('flow.level0_condFlow.conv_first.weight', 0)
-        arch['gc'] = shape_of('flow.level0_condFlow.RRDB_trunk0.0.RDB1.conv1.weight', 0)
-    steps = indices(r'flow\.layers\.(\d+)\.actnorm\.bias$')
+        arch['nf'] = shape_dim(keys, 'flow.level0_condFlow.conv_first.weight', 0)
+        arch['gc'] = shape_dim(keys, 'flow.level0_condFlow.RRDB_trunk0.0.RDB1.conv1.weight', 0)
+    steps = key_indices(keys, r'flow\.layers\.(\d+)\.actnorm\.bias$')
     if steps:
         first = steps[0]
         # Layer 0 is the first squeeze; the first level's steps run up to its split (the first gap).
         main = next((i for i in range(first, steps[-1] + 2) if i not in steps), steps[-1] + 1) - first
         if arch['n_additional_steps'] is not None:
             arch['K'] = main + arch['n_additional_steps']
-        channels = shape_of(f'flow.layers.{first}.actnorm.bias', 1)
+        channels = shape_dim(keys, f'flow.layers.{first}.actnorm.bias', 1)
         arch['in_nc'] = channels // 4 if channels else None
-        arch['hidden_channels'] = shape_of(f'flow.layers.{first}.affine.f.conv1.weight', 0)
+        arch['hidden_channels'] = shape_dim(keys, f'flow.layers.{first}.affine.f.conv1.weight', 0)
     return arch
 
 

@@ -582,9 +582,6 @@ def read_linf_architecture(shapes: Mapping[str, Any]) -> dict[str, Any]:
     """
     keys = state_dict_shapes(shapes)
 
-    def dim(key: str, i: int) -> int | None:
-        return shape_dim(keys, key, i)
-
     def count(pattern: str) -> int:
         return len({m.group(1) for k in keys if (m := re.match(pattern, k))})
 
@@ -594,13 +591,15 @@ def read_linf_architecture(shapes: Mapping[str, Any]) -> dict[str, Any]:
     if 'encoder.head.0.weight' in keys:
         arch['encoder'] = 'edsr_baseline'
         arch['encoder_blocks'] = count(r'encoder\.body\.(\d+)\.body\.0\.weight$')
-        arch['nf'], arch['in_nc'] = dim('encoder.head.0.weight', 0), dim('encoder.head.0.weight', 1)
+        arch['nf'] = shape_dim(keys, 'encoder.head.0.weight', 0)
+        arch['in_nc'] = shape_dim(keys, 'encoder.head.0.weight', 1)
     elif 'encoder.conv_first.weight' in keys:
         arch['encoder'] = 'rrdb'
         arch['encoder_blocks'] = count(r'encoder\.RRDB_trunk\.(\d+)\.')
-        arch['nf'], arch['in_nc'] = dim('encoder.conv_first.weight', 0), dim('encoder.conv_first.weight', 1)
-    arch['hidden_dim'] = dim('coef.weight', 0)
-    flow_dim = dim('imnet.last._weight', 0)
+        arch['nf'] = shape_dim(keys, 'encoder.conv_first.weight', 0)
+        arch['in_nc'] = shape_dim(keys, 'encoder.conv_first.weight', 1)
+    arch['hidden_dim'] = shape_dim(keys, 'coef.weight', 0)
+    flow_dim = shape_dim(keys, 'imnet.last._weight', 0)
     if flow_dim is not None:
         channels = arch['in_nc'] or 3
         side = math.isqrt(max(flow_dim // channels, 1))

@@ -425,12 +425,6 @@ def read_srflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, i
     """
     keys = state_dict_shapes(shapes)
 
-    def shape_of(key: str, dim: int) -> int | None:
-        return shape_dim(keys, key, dim)
-
-    def indices(pattern: str) -> list[int]:
-        return key_indices(keys, pattern)
-
     arch: dict[str, int | None] = dict.fromkeys(
         (
             'scale',
@@ -446,30 +440,30 @@ def read_srflow_architecture(shapes: Mapping[str, Sequence[int]]) -> dict[str, i
             'splits',
         )
     )
-    trunk = indices(r'RRDB\.RRDB_trunk\.(\d+)\.')
+    trunk = key_indices(keys, r'RRDB\.RRDB_trunk\.(\d+)\.')
     arch['nb'] = trunk[-1] + 1 if trunk else (0 if 'RRDB.conv_first.weight' in keys else None)
-    upconvs = indices(r'RRDB\.upconv(\d+)\.weight$')
+    upconvs = key_indices(keys, r'RRDB\.upconv(\d+)\.weight$')
     arch['scale'] = 2 ** upconvs[-1] if upconvs else None
-    arch['nf'] = shape_of('RRDB.conv_first.weight', 0)
-    arch['in_nc'] = shape_of('RRDB.conv_first.weight', 1)
-    arch['gc'] = shape_of('RRDB.RRDB_trunk.0.RDB1.conv1.weight', 0)
+    arch['nf'] = shape_dim(keys, 'RRDB.conv_first.weight', 0)
+    arch['in_nc'] = shape_dim(keys, 'RRDB.conv_first.weight', 1)
+    arch['gc'] = shape_dim(keys, 'RRDB.RRDB_trunk.0.RDB1.conv1.weight', 0)
 
-    layer_indices = indices(r'flowUpsamplerNet\.layers\.(\d+)\.')
+    layer_indices = key_indices(keys, r'flowUpsamplerNet\.layers\.(\d+)\.')
     if layer_indices:
         present = set(layer_indices)
         # Squeezes hold no parameters: they are the gaps in the layer indices (one per level).
         levels = sum(1 for i in range(layer_indices[-1] + 1) if i not in present)
-        steps = indices(r'flowUpsamplerNet\.layers\.(\d+)\.actnorm\.bias$')
-        coupled = indices(r'flowUpsamplerNet\.layers\.(\d+)\.affine\.fAffine\.0\.weight$')
+        steps = key_indices(keys, r'flowUpsamplerNet\.layers\.(\d+)\.actnorm\.bias$')
+        coupled = key_indices(keys, r'flowUpsamplerNet\.layers\.(\d+)\.affine\.fAffine\.0\.weight$')
         arch['L'] = levels
-        arch['splits'] = len(indices(r'flowUpsamplerNet\.layers\.(\d+)\.conv\.weight$'))
+        arch['splits'] = len(key_indices(keys, r'flowUpsamplerNet\.layers\.(\d+)\.conv\.weight$'))
         if levels:
             arch['K'] = len(coupled) // levels
             arch['n_no_coupling_steps'] = (len(steps) - len(coupled)) // levels
         if coupled:
             first = f'flowUpsamplerNet.layers.{coupled[0]}.affine.fFeatures.0.weight'
-            arch['hidden_channels'] = shape_of(first, 0)
-            arch['cond_channels'] = shape_of(first, 1)
+            arch['hidden_channels'] = shape_dim(keys, first, 0)
+            arch['cond_channels'] = shape_dim(keys, first, 1)
     return arch
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
+from conftest import REPO_ROOT, load_golden
 
 from flowprior_plugin.archs.latent_prior_arch import (
     LINF_LP_RELEASE_OPTIONS,
@@ -22,7 +23,6 @@ from flowprior_plugin.archs.latent_prior_arch import (
 )
 from flowprior_plugin.errors import CheckpointMismatchError, OptionError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASE_ARGS = {'depth': 3, 'dim': 64, 'bilinear': True}
 RELEASE_OPTIONS = {
     'latent_channels': [6, 96],
@@ -54,7 +54,7 @@ def released_file(tmp_path_factory, reference_dir, golden_weights) -> Path:
 
 @pytest.fixture(scope='module')
 def golden(reference_dir) -> dict:
-    return torch.load(reference_dir / 'golden' / 'srflow_lp_unet_seed0.pt', weights_only=True)
+    return load_golden(reference_dir, 'srflow_lp_unet_seed0.pt')
 
 
 @pytest.fixture(scope='module')
@@ -263,7 +263,7 @@ def linf_lp_net(linf_lp_file) -> LatentPriorNet:
 
 
 def test_linf_lp_golden_through_our_loader(reference_dir, linf_lp_net):
-    golden = torch.load(reference_dir / 'golden' / 'linf_lp_unet_seed0.pt', weights_only=True)
+    golden = load_golden(reference_dir, 'linf_lp_unet_seed0.pt')
     assert golden['args'] == LINF_LP_ARGS
     assert n_params(linf_lp_net) == 4582223
     # The LR (10 x 14) goes through the stride-3 conv (4 x 5), then is resized to the 14 x 19 grid.

@@ -12,6 +12,7 @@ import torch
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import REPO_ROOT, load_golden, rel_err
 
 from flowprior_plugin.archs.linf_arch import (
     LINF_OFFICIAL_CONFIGS,
@@ -25,7 +26,6 @@ from flowprior_plugin.archs.linf_arch import (
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY_FILES = {
     'edsr-baseline-linf': 'linf_linf_edsr_baseline_keys.txt',
     'rrdb-linf': 'linf_linf_rrdb_keys.txt',
@@ -51,10 +51,6 @@ def tiny_net(patch_size: int = 3, encoder: str = 'edsr_baseline', dtype=torch.fl
 def images(h: int, w: int, hr: tuple[int, int], batch: int = 2, dtype=torch.float32, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, h, w, generator=g, dtype=dtype), torch.rand(batch, 3, *hr, generator=g, dtype=dtype)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def meta_net(config: str) -> LINFNet:
@@ -113,7 +109,7 @@ def test_bad_options_are_named():
 
 @pytest.mark.parametrize('encoder', list(GOLDEN))
 def test_golden_vectors_of_the_release(reference_dir, golden_weights, encoder):
-    golden = torch.load(reference_dir / 'golden' / GOLDEN[encoder], weights_only=True)
+    golden = load_golden(reference_dir, GOLDEN[encoder])
     config = f'{encoder.replace("_", "-")}-linf-patch'
     state = golden_weights.golden_state_dict(reference_dir / KEY_FILES[config], dtype=torch.float64)
     # Convert to float64 BEFORE loading: float64 weights copied into float32 parameters are rounded.

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import load_golden, meta_module, meta_state_dict, random_lr_hr, rel_err, tiny_module
 
 from flowprior_plugin.archs.srflow_arch import (
     SRFlowCondition,
@@ -16,7 +17,6 @@ from flowprior_plugin.archs.srflow_arch import (
     official_srflow_options,
     read_srflow_architecture,
 )
-from flowprior_plugin.benchmark import randomize_parameters_
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import check_flow_protocol
 from flowprior_plugin.layers.flow_layers import (
@@ -37,36 +37,20 @@ TINY = dict(nf=8, nb=2, gc=4, K=2, hidden_channels=8, stacked_blocks=(0, 1))
 
 
 def tiny_net(scale: int = 4, randomize: bool = True, seed: int = 0, **overrides) -> SRFlowNet:
-    torch.manual_seed(seed)
-    net = SRFlowNet(scale=scale, **{**TINY, **overrides})
-    if randomize:
-        randomize_parameters_(net, torch.Generator().manual_seed(seed))
-    return net.eval()
+    return tiny_module(SRFlowNet, {'scale': scale, **TINY, **overrides}, randomize, seed)
 
 
 def meta_net(config: str) -> SRFlowNet:
     """Official architecture without allocating or initialising its 40M parameters."""
-    with torch.device('meta'):
-        return SRFlowNet(**official_srflow_options(config))
+    return meta_module(SRFlowNet, official_srflow_options(config))
 
 
 def key_list(reference_dir, golden_weights, config: str) -> list[tuple[str, tuple[int, ...]]]:
     return golden_weights.read_keys(reference_dir / KEY_FILES[config])
 
 
-def meta_state_dict(pairs) -> dict[str, torch.Tensor]:
-    return {key: torch.empty(shape, device='meta') for key, shape in pairs}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def lr_hr(net: SRFlowNet, h: int = 4, w: int = 6, batch: int = 2, dtype=torch.float32, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    lq = torch.rand(batch, 3, h, w, generator=g, dtype=dtype)
-    gt = torch.rand(batch, 3, h * net.scale, w * net.scale, generator=g, dtype=dtype)
-    return lq, gt
+    return random_lr_hr(net.scale, h, w, batch, dtype, seed)
 
 
 # ---------------------------------------------------------------- checkpoint format
@@ -111,7 +95,7 @@ def test_bad_options_are_named():
 
 @pytest.mark.parametrize('config', list(GOLDEN))
 def test_golden_vectors_of_the_release(reference_dir, golden_weights, config):
-    golden = torch.load(reference_dir / 'golden' / GOLDEN[config], weights_only=True)
+    golden = load_golden(reference_dir, GOLDEN[config])
     state = golden_weights.golden_state_dict(reference_dir / KEY_FILES[config], dtype=torch.float64)
     net = SRFlowNet(**official_srflow_options(config)).double().eval()
     net.load_state_dict(state, strict=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import warnings
 
@@ -14,6 +12,7 @@ from basicsr.archs import vgg_arch
 from basicsr.losses import basic_loss, build_loss
 from basicsr.losses.basic_loss import PerceptualLoss
 from basicsr.utils.registry import LOSS_REGISTRY
+from conftest import captured, offline_torch_hub
 from torch.nn import functional as F
 
 from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
@@ -31,15 +30,7 @@ def offline(tmp_path, monkeypatch):
     Returns the list of URLs a download was attempted for.
     """
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    attempts: list[str] = []
-
-    def no_download(url, *args, **kwargs):
-        attempts.append(url)
-        raise OSError(f'network disabled in tests: {url}')
-
-    monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
-    return attempts
+    return offline_torch_hub(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope='module')
@@ -66,19 +57,6 @@ def vgg19_file(tmp_path_factory):
     path = tmp_path_factory.mktemp('vgg') / VGG19_FILE
     torch.save(state, path)
     return path, state
-
-
-@contextlib.contextmanager
-def captured(logger: logging.Logger):
-    """Records of ``logger`` (BasicSR's logger may not propagate to pytest's caplog)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def _inputs():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 
 import lpips
@@ -13,6 +11,7 @@ import skimage.data
 import torch
 from basicsr.metrics import calculate_metric
 from basicsr.utils.registry import METRIC_REGISTRY
+from conftest import captured, offline_torch_hub
 
 from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
 from flowprior_plugin.metrics import lpips_metric
@@ -31,29 +30,9 @@ def offline(tmp_path, monkeypatch):
 
     Returns the list of URLs a download was attempted for.
     """
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    attempts: list[str] = []
-
-    def no_download(url, *args, **kwargs):
-        attempts.append(url)
-        raise OSError(f'network disabled in tests: {url}')
-
-    monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
+    attempts = offline_torch_hub(tmp_path, monkeypatch)
     monkeypatch.setattr(lpips_metric, '_NETWORK_CACHE', {})
     return attempts
-
-
-@contextlib.contextmanager
-def captured(logger: logging.Logger):
-    """Records of ``logger`` (BasicSR's logger may not propagate to pytest's caplog)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope='module')
