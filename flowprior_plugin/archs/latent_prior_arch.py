@@ -151,6 +151,29 @@ def _unwrap_release(released: Mapping) -> tuple[Mapping[str, Tensor], dict]:
     return {(k[7:] if k.startswith('module.') else k): v for k, v in released.items()}, header
 
 
+def _convert_unet_release(released: Mapping, family: str, table: Sequence[tuple[re.Pattern, str]]) -> OrderedDict:
+    """Unwrap a released latent-module file of ``family`` ('SRFlow-LP', 'LINF-LP') already
+    recognised as one, check that it holds the released bilinear UNet, and rename its keys by ``table``.
+
+    Raises:
+        CheckpointMismatchError: Another latent module, a UNet with transposed-conv upsampling,
+            or keys ``table`` does not know.
+    """
+    sd, header = _unwrap_release(released)
+    name = header.get('name', 'unet')
+    args = header.get('args') or {}
+    if name != 'unet':
+        raise CheckpointMismatchError(
+            f'the {family} checkpoint holds a {name!r} latent module; only the released "unet" is supported'
+        )
+    if isinstance(args, Mapping) and args.get('bilinear', True) is False:
+        raise CheckpointMismatchError(
+            f'the {family} checkpoint holds a UNet with transposed-conv upsampling (bilinear: False); '
+            'only the released bilinear UNet is supported'
+        )
+    return _rename(sd, table, f'{family} checkpoint')
+
+
 def convert_srflow_lp_state_dict(released: Mapping) -> OrderedDict:
     """Rename the authors' released SRFlow-LP weights to :class:`LatentPriorNet` keys.
 
@@ -174,19 +197,7 @@ def convert_srflow_lp_state_dict(released: Mapping) -> OrderedDict:
             'not an SRFlow-LP checkpoint: expected {"prior_model": {"name", "args", "sd"}} or keys like '
             'input_proj0.conv1.weight'
         )
-    sd, header = _unwrap_release(released)
-    name = header.get('name', 'unet')
-    args = header.get('args') or {}
-    if name != 'unet':
-        raise CheckpointMismatchError(
-            f'the SRFlow-LP checkpoint holds a {name!r} latent module; only the released "unet" is supported'
-        )
-    if isinstance(args, Mapping) and args.get('bilinear', True) is False:
-        raise CheckpointMismatchError(
-            'the SRFlow-LP checkpoint holds a UNet with transposed-conv upsampling (bilinear: False); '
-            'only the released bilinear UNet is supported'
-        )
-    return _rename(sd, _RELEASE_TO_OURS, 'SRFlow-LP checkpoint')
+    return _convert_unet_release(released, 'SRFlow-LP', _RELEASE_TO_OURS)
 
 
 def convert_linf_lp_state_dict(released: Mapping) -> OrderedDict:
@@ -212,19 +223,7 @@ def convert_linf_lp_state_dict(released: Mapping) -> OrderedDict:
             'not a LINF-LP checkpoint: expected {"prior_model": {"name", "args", "sd"}} with keys like '
             'input_proj.conv1.weight and lr_proj.0.weight'
         )
-    sd, header = _unwrap_release(released)
-    name = header.get('name', 'unet')
-    args = header.get('args') or {}
-    if name != 'unet':
-        raise CheckpointMismatchError(
-            f'the LINF-LP checkpoint holds a {name!r} latent module; only the released "unet" is supported'
-        )
-    if isinstance(args, Mapping) and args.get('bilinear', True) is False:
-        raise CheckpointMismatchError(
-            'the LINF-LP checkpoint holds a UNet with transposed-conv upsampling (bilinear: False); '
-            'only the released bilinear UNet is supported'
-        )
-    return _rename(sd, _LINF_RELEASE_TO_OURS, 'LINF-LP checkpoint')
+    return _convert_unet_release(released, 'LINF-LP', _LINF_RELEASE_TO_OURS)
 
 
 def to_linf_lp_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict:
