@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from flowprior_plugin import torchvision_compat
 
@@ -15,7 +15,8 @@ OURS = {
     'arch': ['SRFlowNet', 'HCFlowNet', 'LINFNet', 'LatentPriorNet'],
     'model': ['FlowSRModel', 'FlowPriorModel'],
     'loss': ['LatentL1Loss', 'VGGPerceptualLoss'],
-    'metric': ['calculate_lpips', 'calculate_lr_psnr'],
+    'metric': ['calculate_lpips', 'calculate_lpips_pt', 'calculate_lr_psnr', 'calculate_grid_seam'],
+    'dataset': ['ArbitraryScaleSRDataset'],
 }
 # What Real-ESRGAN, the plugin most often installed beside ours, registers in the same registries.
 REAL_ESRGAN = ['RealESRGANModel', 'RealESRNetModel', 'RealESRGANDataset', 'RealESRGANPairedDataset', 'SRVGGNetCompact']
@@ -40,7 +41,13 @@ def _basicsr_only_names() -> dict[str, list[str]]:
 
 
 def test_everything_registered():
-    registries = {'arch': ARCH_REGISTRY, 'model': MODEL_REGISTRY, 'loss': LOSS_REGISTRY, 'metric': METRIC_REGISTRY}
+    registries = {
+        'arch': ARCH_REGISTRY,
+        'model': MODEL_REGISTRY,
+        'loss': LOSS_REGISTRY,
+        'metric': METRIC_REGISTRY,
+        'dataset': DATASET_REGISTRY,
+    }
     for kind, names in OURS.items():
         for name in names:
             assert name in registries[kind], f'{name} is not in the {kind} registry'
