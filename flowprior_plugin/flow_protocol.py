@@ -13,6 +13,11 @@ of the same LR::
     z0 = flow.initial_prior(lq, cond=cond)    # encode of the upsampled LR
     sr = flow.decode(lq, prior(lq, z0), cond=cond)
     samples = [flow.decode(lq, flow.sample_latents(lq, 0.9, cond=cond), cond=cond) for _ in range(8)]
+
+The HR size is ``lq * scale`` unless ``out_size=(H, W)`` is given to ``decode``,
+``sample_latents`` and ``initial_prior``; only arbitrary-scale flows (``arbitrary_scale``, LINF)
+accept another size, fixed-scale flows raise a ValueError. ``encode`` and ``nll`` read the size
+from ``gt``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ PROTOCOL_METHODS = (
     'latent_channels',
     'initialize_from_batch',
 )
+PROTOCOL_ATTRIBUTES = ('scale', 'lr_multiple', 'arbitrary_scale')
 
 
 @dataclass
@@ -60,13 +66,17 @@ class FlowSR(Protocol):
     """A conditional normalizing flow HR <-> latents given LR.
 
     Attributes:
-        scale (int): Upscaling factor of fixed-scale flows.
+        scale (int): Upscaling factor of fixed-scale flows; the default output scale (when no
+            ``out_size`` is given) of arbitrary-scale flows.
         lr_multiple (int): LR sides must be multiples of this; models reflect-pad the LR to it
             and crop the SR back (SRFlow: 2).
+        arbitrary_scale (bool): Whether ``out_size`` may differ from ``lq * scale`` (LINF: True;
+            SRFlow, HCFlow: False). Models then take the HR size from the gt when there is one.
     """
 
     scale: int
     lr_multiple: int
+    arbitrary_scale: bool
 
     def condition(self, lq: Tensor) -> FlowCondition:
         """Compute everything that depends on the LR alone."""
@@ -74,9 +84,16 @@ class FlowSR(Protocol):
     def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None) -> Latents:
         """HR -> latents, deterministic (no dequantisation noise)."""
 
-    def decode(self, lq: Tensor, latents: Latents, cond: FlowCondition | None = None) -> Tensor:
-        """Latents -> SR image (not clamped). Differentiable w.r.t. the latents; changes no
-        parameter or buffer and never mutates ``latents``."""
+    def decode(
+        self,
+        lq: Tensor,
+        latents: Latents,
+        cond: FlowCondition | None = None,
+        out_size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Latents -> SR image (not clamped) of size ``out_size`` (HR height, width; None: lq *
+        scale). Differentiable w.r.t. the latents; changes no parameter or buffer and never mutates
+        ``latents``."""
 
     def sample_latents(
         self,
@@ -84,8 +101,10 @@ class FlowSR(Protocol):
         temperature: float,
         generator: torch.Generator | None = None,
         cond: FlowCondition | None = None,
+        out_size: tuple[int, int] | None = None,
     ) -> Latents:
-        """Latents for temperature sampling as the release draws them (zeros at 0)."""
+        """Latents for temperature sampling as the release draws them (zeros at 0), shaped for
+        an HR of size ``out_size`` (None: lq * scale)."""
 
     def nll(
         self,
@@ -100,9 +119,12 @@ class FlowSR(Protocol):
         With ``dequantize`` the release's dequantisation noise (and its log-det term) is used,
         as in likelihood training."""
 
-    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None) -> Latents:
+    def initial_prior(
+        self, lq: Tensor, cond: FlowCondition | None = None, out_size: tuple[int, int] | None = None
+    ) -> Latents:
         """The learned prior's initial latents z0 as the authors released them for this family
-        (SRFlow: standardised encoding of the bilinearly upsampled LR)."""
+        (SRFlow: standardised encoding of the bilinearly upsampled LR; LINF: encoding of the
+        residual of the upsampled LR), for an HR of size ``out_size`` (None: lq * scale)."""
 
     def latent_channels(self) -> list[int]:
         """Channel count of each latent level, in latent order."""
@@ -120,7 +142,7 @@ def check_flow_protocol(net: object, option_name: str = 'network') -> None:
         option_name: The option section that built it, named in the message.
     """
     missing = [name for name in PROTOCOL_METHODS if not callable(getattr(net, name, None))]
-    missing += [name for name in ('scale', 'lr_multiple') if not hasattr(net, name)]
+    missing += [name for name in PROTOCOL_ATTRIBUTES if not hasattr(net, name)]
     if missing:
         raise TypeError(
             f'{option_name}: {type(net).__name__} is not a flow SR network: it lacks '

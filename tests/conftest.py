@@ -185,6 +185,18 @@ TINY_HCFLOW = {
     'hidden_channels': 8,
 }
 
+# A tiny LINF in patch mode (the model LINF-LP uses): EDSR-baseline encoder of one block.
+TINY_LINF = {
+    'type': 'LINFNet',
+    'encoder': 'edsr_baseline',
+    'encoder_opt': {'nf': 8, 'num_blocks': 1},
+    'patch_size': 3,
+    'hidden_dim': 16,
+    'flow_layers': 2,
+    'mlp_layers': 1,
+    'scale': 4,
+}
+
 
 def finalize_options(opt: dict, root: Path, is_train: bool) -> dict:
     """What BasicSR's parse_options adds to a yml dict (paths, dist flags), for in-process models."""

@@ -137,8 +137,21 @@ class ActNormFlowNet(FlowNet):
     """
 
     dequantization_offset: ClassVar[float] = 0.0
+    # Fixed-scale flows: the HR is always lq * scale (the protocol's out_size must say the same).
+    arbitrary_scale: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ checks
+    def _check_out_size(self, lq: Tensor, out_size: Sequence[int] | None) -> None:
+        """Reject an ``out_size`` other than ``lq * scale``: this flow has one fixed scale."""
+        if out_size is None:
+            return
+        expected = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+        if tuple(int(s) for s in out_size) != expected:
+            raise ValueError(
+                f'{self.family}Net is a fixed-scale flow ({self.scale}X): for an LR of shape {tuple(lq.shape)} '
+                f'the output size must be {expected}, got out_size={tuple(out_size)}'
+            )
+
     @property
     def _hr_channels(self) -> int:
         """Channels of the HR image (those of the LR unless a subclass says otherwise)."""
@@ -173,6 +186,7 @@ class ActNormFlowNet(FlowNet):
         temperature: float,
         generator: torch.Generator | None = None,
         cond: FlowCondition | None = None,
+        out_size: Sequence[int] | None = None,
     ) -> Latents:
         """Latents of temperature sampling: every latent ~ N(0, temperature^2) (zeros at 0).
 
@@ -182,11 +196,14 @@ class ActNormFlowNet(FlowNet):
             generator: Random generator (any device; the draws move to lq's device). Default: None.
             cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
                 Default: None.
+            out_size: HR (height, width); must be ``lq * scale`` (ValueError otherwise).
+                Default: None.
 
         Returns:
             list[Tensor]: One tensor per latent level, in the flow's latent order.
         """
         self._check_lq(lq)
+        self._check_out_size(lq, out_size)
         if cond is not None:
             self._resolve_cond(lq, cond)
         shapes = self.latent_shapes(lq.shape)
@@ -199,7 +216,9 @@ class ActNormFlowNet(FlowNet):
             for shape in shapes
         ]
 
-    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None) -> Latents:
+    def initial_prior(
+        self, lq: Tensor, cond: FlowCondition | None = None, out_size: Sequence[int] | None = None
+    ) -> Latents:
         """Initial latents z0 of the learned prior: the encoding of the bilinearly upsampled LR
         (align_corners False), each level standardised per pixel across channels,
         ``(z - mean_c) / (std_c + 1e-8)`` (unbiased std).
@@ -207,11 +226,14 @@ class ActNormFlowNet(FlowNet):
         Args:
             lq: LR batch (B, in_nc, h, w).
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: HR (height, width); must be ``lq * scale`` (ValueError otherwise).
+                Default: None.
 
         Returns:
             list[Tensor]: The latents in the flow's latent order, standardised.
         """
         self._check_lq(lq)
+        self._check_out_size(lq, out_size)
         up = F.interpolate(
             lq, size=(lq.shape[2] * self.scale, lq.shape[3] * self.scale), mode='bilinear', align_corners=False
         )

@@ -723,7 +723,13 @@ class HCFlowNet(ActNormFlowNet):
         latents, _ = self._cond_encode(kept, aux, cond.coarsest, cond)
         return latents, kept[-1]
 
-    def decode(self, lq: Tensor, latents: Latents, cond: FlowCondition | None = None) -> Tensor:
+    def decode(
+        self,
+        lq: Tensor,
+        latents: Latents,
+        cond: FlowCondition | None = None,
+        out_size: Sequence[int] | None = None,
+    ) -> Tensor:
         """Latents -> SR image (not clamped): the reverse pass from the real LR ``lq``.
 
         Differentiable w.r.t. the latents; never mutates ``latents`` nor any parameter or buffer
@@ -733,11 +739,14 @@ class HCFlowNet(ActNormFlowNet):
             lq: LR batch (B, in_nc, h, w); it takes the place of the flow's own LR.
             latents: ``[eps_0, ..., eps_{L-1}]`` with the shapes of :meth:`latent_shapes`.
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: HR (height, width); must be ``lq * scale`` (a fixed-scale flow; ValueError
+                otherwise). Default: None.
 
         Returns:
             Tensor: SR batch (B, in_nc, h*scale, w*scale).
         """
         self._check_lq(lq)
+        self._check_out_size(lq, out_size)
         self._check_latents(lq, latents)
         with actnorm_init_disabled():
             cond = self._resolve_cond(lq, cond)

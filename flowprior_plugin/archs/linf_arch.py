@@ -42,6 +42,14 @@ Facts settled by the golden vectors of the release (float64, 1e-12 relative or b
 - a patch's 27 values are ordered channel * 9 + 3 * row + column (``pixel_unshuffle`` /
   ``pixel_shuffle`` order).
 
+Protocol choices (:mod:`flowprior_plugin.flow_protocol`) that the release does not fix:
+
+- :meth:`LINFNet.nll` is the density of the residual in the network's [-1, 1] range, summed over
+  every query (padding patches included, as in the release's ``-log_p.mean()``) and divided by
+  the unpadded H * W; dequantisation (not described in ``LINF.md``) is inferred;
+- :meth:`LINFNet.initial_prior` downsamples with bicubic ``F.interpolate`` (antialiased), inferred
+  as the tensor counterpart of the PIL bicubic resize of LINF's data.
+
 The per-pixel model (``patch_size`` 1) has no golden vectors; it is the same code with D = 3, no
 padding and one query per HR pixel centre, and its key lists and parameter totals are checked.
 """
@@ -150,6 +158,8 @@ class LINFNet(FlowNet):
     """
 
     lr_multiple = 1
+    # Any output size: the models take the HR size from the gt when there is one.
+    arbitrary_scale = True
     family = 'LINF'
     condition_type = LINFCondition
 
@@ -324,7 +334,11 @@ class LINFNet(FlowNet):
     def upsampled_lr(self, cond: LINFCondition, hr_size: Sequence[int]) -> Tensor:
         """The bilinear base: the LR (network range) sampled at the HR pixel centres, border
         padding, ``align_corners=False`` -> (B, in_nc, H, W)."""
-        lr = cond.lr
+        return self._bilinear_base(cond.lr, hr_size)
+
+    @staticmethod
+    def _bilinear_base(lr: Tensor, hr_size: Sequence[int]) -> Tensor:
+        """``lr`` (any range) sampled bilinearly at the pixel centres of an HR grid of ``hr_size``."""
         # Computed in the working dtype (not a float32 grid): LINF's golden residuals are
         # reproduced to 1e-15 in float64 only this way, unlike the query coordinates.
         coord = make_coord(tuple(int(s) for s in hr_size), dtype=lr.dtype, device=lr.device, float32_grid=False)
@@ -439,6 +453,124 @@ class LINFNet(FlowNet):
         self._check_latents(lq, latents, out_size)
         cond = self._resolve_cond(lq, cond)
         return from_model_range(self.decode_residual(cond, latents[0], out_size, query_chunk, with_base=True))
+
+    def sample_latents(
+        self,
+        lq: Tensor,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        cond: FlowCondition | None = None,
+        out_size: Sequence[int] | None = None,
+    ) -> Latents:
+        """``[z]`` of temperature sampling: z ~ N(0, temperature^2) at every query location,
+        independently (as released; zeros at 0).
+
+        Args:
+            lq: LR batch; fixes the batch size, device and dtype.
+            temperature: Standard deviation tau.
+            generator: Random generator (any device; the draw moves to lq's device). Default: None.
+            cond: Checked against ``lq`` if given (sampling needs no conditioning). Default: None.
+            out_size: HR size (H, W) whose query grid the latent covers. Default: None
+                (``scale`` times the LR).
+
+        Returns:
+            list[Tensor]: ``[z]`` of shape :meth:`latent_shape`.
+        """
+        self._check_lq(lq)
+        if cond is not None:
+            self._resolve_cond(lq, cond)
+        shape = self.latent_shape(lq.shape, out_size)
+        if temperature == 0:
+            return [lq.new_zeros(shape)]
+        # Draw on the generator's device (a CPU generator may drive a CUDA model), then move.
+        device = generator.device if generator is not None else lq.device
+        return [(torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)]
+
+    def nll(
+        self,
+        lq: Tensor,
+        gt: Tensor,
+        cond: FlowCondition | None = None,
+        dequantize: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Negative log-likelihood of ``gt`` in bits per HR pixel, one value per image (B,).
+
+        The density is the flow's, of the residual in the network's [-1, 1] range (so training by
+        it is LINF's stage-1 loss ``-log_p.mean()`` up to a constant factor). It is summed over
+        every query location, padding patches included (their padded entries are zeros, as in the
+        release's loss), and divided by the unpadded H * W of ``gt``.
+
+        With ``dequantize`` (inferred: ``LINF.md`` names no dequantisation), ``(U(0, 1) - 0.5) / 255``
+        is added to ``gt`` in [0, 1] (only real pixels: the padding stays zero), and each of the
+        3 H W values gets the log-det ``-log(127.5)`` of a 1/255 bin in the [-1, 1] range, so the
+        result is the discrete bits per pixel of 8-bit images.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w) in [0, 1].
+            gt: HR batch (B, in_nc, H, W) in [0, 1], any size.
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            dequantize: Add the dequantisation noise and its log-det term. Default: False.
+            generator: Random generator of the noise (any device). Default: None.
+
+        Returns:
+            Tensor: Bits per HR pixel, shape (B,).
+        """
+        self._check_lq(lq)
+        self._check_gt(lq, gt)
+        cond = self._resolve_cond(lq, cond)
+        h, w = gt.shape[-2:]
+        logdet = gt.new_zeros(gt.shape[0])
+        if dequantize:
+            device = generator.device if generator is not None else gt.device
+            noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
+            gt = gt + (noise - 0.5) / 255.0
+            logdet = logdet - math.log(255.0 * _DATA_STD) * gt[0].numel()
+        x = self.residual_patches(cond, gt)
+        log_p, _ = self.log_prob_patches(x, self.params_for(cond, (h, w)))
+        return -(log_p.flatten(1).sum(1) + logdet) / (math.log(2.0) * h * w)
+
+    def initial_prior(
+        self, lq: Tensor, cond: FlowCondition | None = None, out_size: Sequence[int] | None = None
+    ) -> Latents:
+        """LINF-LP's initial latents z0: the encoding of the residual of the upsampled LR,
+        ``r = up(y) - up(down(up(y)))``, not standardised.
+
+        ``up`` is the flow's own bilinear base (grid_sample, border, align_corners False), so r is
+        what :meth:`encode` would see for the HR ``up(y)`` with the LR ``down(up(y))``; ``down`` is an
+        antialiased bicubic resize back to the LR size (inferred: the release's data use PIL
+        bicubic). The flow parameters are those of the real LR ``y``.
+
+        Args:
+            lq: LR batch (B, in_nc, h, w) in [0, 1].
+            cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: HR size (H, W). Default: None (``scale`` times the LR).
+
+        Returns:
+            list[Tensor]: ``[z0]`` of shape :meth:`latent_shape`.
+        """
+        self._check_lq(lq)
+        out_size = self._out_size(lq.shape, out_size)
+        cond = self._resolve_cond(lq, cond)
+        up = self.upsampled_lr(cond, out_size)
+        down = F.interpolate(up, size=tuple(lq.shape[-2:]), mode='bicubic', align_corners=False, antialias=True)
+        residual = self.to_patches(up - self._bilinear_base(down, out_size))
+        return [self.log_prob_patches(residual, self.params_for(cond, out_size))[1]]
+
+    def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
+        """LINF has no data-dependent initialisation: never runs, returns False."""
+        return False
+
+    def forward(
+        self, lq: Tensor, gt: Tensor | None = None, latents: Latents | None = None, dequantize: bool = False
+    ) -> Tensor:
+        """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
+        :meth:`decode` of ``latents`` at ``scale`` (zeros, i.e. temperature 0, when None)."""
+        if gt is not None:
+            return self.nll(lq, gt, dequantize=dequantize)
+        if latents is None:
+            latents = self.sample_latents(lq, 0.0)
+        return self.decode(lq, latents)
 
     def decode_residual(
         self,

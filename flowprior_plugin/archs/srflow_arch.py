@@ -670,7 +670,13 @@ class SRFlowNet(ActNormFlowNet):
         logdet = gt.new_zeros(gt.shape[0])
         return self._run_encode(gt, logdet, cond)[0]
 
-    def decode(self, lq: Tensor, latents: Latents, cond: FlowCondition | None = None) -> Tensor:
+    def decode(
+        self,
+        lq: Tensor,
+        latents: Latents,
+        cond: FlowCondition | None = None,
+        out_size: Sequence[int] | None = None,
+    ) -> Tensor:
         """Latents -> SR image (not clamped); differentiable w.r.t. the latents.
 
         Never mutates ``latents`` nor any parameter or buffer (ActNorm data init is switched off).
@@ -679,11 +685,14 @@ class SRFlowNet(ActNormFlowNet):
             lq: LR batch (B, in_nc, h, w).
             latents: ``[split eps ..., top z]`` with the shapes of :meth:`latent_shapes`.
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: HR (height, width); must be ``lq * scale`` (a fixed-scale flow; ValueError
+                otherwise). Default: None.
 
         Returns:
             Tensor: SR batch (B, out_nc, h*scale, w*scale).
         """
         self._check_lq(lq)
+        self._check_out_size(lq, out_size)
         self._check_latents(lq, latents)
         with actnorm_init_disabled():
             cond = self._resolve_cond(lq, cond)

@@ -95,8 +95,15 @@ class FlowBaseModel(SRModel):
         """Names of the SR methods compared in validation, primary first."""
         raise NotImplementedError
 
-    def predict(self, lq: Tensor, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
-        """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, no grad."""
+    def predict(
+        self,
+        lq: Tensor,
+        methods: list[str],
+        generator: torch.Generator,
+        out_size: tuple[int, int] | None = None,
+    ) -> dict[str, Tensor]:
+        """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, no grad, of
+        size ``out_size`` (None: the flow's ``lq * scale``)."""
         raise NotImplementedError
 
     def temperatures(self) -> list[float]:
@@ -108,12 +115,29 @@ class FlowBaseModel(SRModel):
         """The flow network (bare, unwrapped)."""
         raise NotImplementedError
 
+    def _out_size(self) -> tuple[int, int] | None:
+        """HR size of the current batch for the flow's ``out_size``: the gt's size for an
+        arbitrary-scale flow when a gt is loaded, else None (``lq * scale``)."""
+        if getattr(self.flow, 'arbitrary_scale', False) and hasattr(self, 'gt'):
+            return int(self.gt.shape[-2]), int(self.gt.shape[-1])
+        return None
+
     def _predict_cropped(self, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
         flow = self.flow
         lq = pad_to_multiple(self.lq, flow.lr_multiple)
-        out_h, out_w = self.lq.shape[-2] * flow.scale, self.lq.shape[-1] * flow.scale
+        out_size = self._out_size()
+        if out_size is None:
+            out_h, out_w = self.lq.shape[-2] * flow.scale, self.lq.shape[-1] * flow.scale
+            padded_size = None  # the flow's own lq * scale of the padded LR
+        else:
+            out_h, out_w = out_size
+            # The padded LR covers more area: ask for the HR of that area (same scale), crop after.
+            padded_size = (
+                math.ceil(out_h * lq.shape[-2] / self.lq.shape[-2]),
+                math.ceil(out_w * lq.shape[-1] / self.lq.shape[-1]),
+            )
         with torch.no_grad():
-            results = self.predict(lq, methods, generator)
+            results = self.predict(lq, methods, generator, out_size=padded_size)
         return {name: sr[..., :out_h, :out_w] for name, sr in results.items()}
 
     def test(self):

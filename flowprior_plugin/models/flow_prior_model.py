@@ -123,19 +123,26 @@ class FlowPriorModel(FlowBaseModel):
         self.setup_schedulers()
 
     # ---------------------------------------------------------------- the method
-    def initial_prior(self, lq: Tensor, cond, generator: torch.Generator | None = None) -> list[Tensor]:
-        """z0 as chosen by ``initial_prior.type``."""
+    def initial_prior(
+        self,
+        lq: Tensor,
+        cond,
+        generator: torch.Generator | None = None,
+        out_size: tuple[int, int] | None = None,
+    ) -> list[Tensor]:
+        """z0 as chosen by ``initial_prior.type``, for an HR of size ``out_size`` (None: lq * scale)."""
         kind = self.initial_prior_opt['type']
         if kind == 'encoded_upsample':
-            return self.net_flow.initial_prior(lq, cond=cond)
+            return self.net_flow.initial_prior(lq, cond=cond, out_size=out_size)
         temperature = 0.0 if kind == 'zeros' else float(self.initial_prior_opt['temperature'])
-        return self.net_flow.sample_latents(lq, temperature, generator=generator, cond=cond)
+        return self.net_flow.sample_latents(lq, temperature, generator=generator, cond=cond, out_size=out_size)
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
+        out_size = self._out_size()  # the gt's size for an arbitrary-scale flow
         with torch.no_grad():  # everything the frozen flow computes without the prior
             cond = self.net_flow.condition(self.lq)
-            z0 = self.initial_prior(self.lq, cond)
+            z0 = self.initial_prior(self.lq, cond, out_size=out_size)
             target = self.net_flow.encode(self.lq, self.gt, cond=cond) if self.cri_latent else None
         latents = self.net_g(self.lq, z0)
         loss_dict = OrderedDict()
@@ -146,7 +153,7 @@ class FlowPriorModel(FlowBaseModel):
             l_total = l_total + l_latent
         if self.cri_perceptual:
             # Gradients reach the prior through the frozen flow's inverse.
-            sr = self.net_flow.decode(self.lq, latents, cond=cond)
+            sr = self.net_flow.decode(self.lq, latents, cond=cond, out_size=out_size)
             l_percep, l_style = self.cri_perceptual(sr.clamp(0, 1), self.gt)
             for name, value in (('l_percep', l_percep), ('l_style', l_style)):
                 if value is not None:
@@ -169,7 +176,13 @@ class FlowPriorModel(FlowBaseModel):
         val_opt = self.opt.get('val') or {}
         return [float(t) for t in val_opt.get('temperatures') or []]
 
-    def predict(self, lq: Tensor, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+    def predict(
+        self,
+        lq: Tensor,
+        methods: list[str],
+        generator: torch.Generator,
+        out_size: tuple[int, int] | None = None,
+    ) -> dict[str, Tensor]:
         prior_net = self.prior_net
         was_training = prior_net.training
         prior_net.eval()
@@ -179,10 +192,12 @@ class FlowPriorModel(FlowBaseModel):
             results = {}
             for name in methods:
                 if name == PRIOR_METHOD:
-                    latents = prior_net(lq, self.initial_prior(lq, cond, generator))
+                    latents = prior_net(lq, self.initial_prior(lq, cond, generator, out_size=out_size))
                 else:
-                    latents = self.net_flow.sample_latents(lq, by_name[name], generator=generator, cond=cond)
-                results[name] = self.net_flow.decode(lq, latents, cond=cond)
+                    latents = self.net_flow.sample_latents(
+                        lq, by_name[name], generator=generator, cond=cond, out_size=out_size
+                    )
+                results[name] = self.net_flow.decode(lq, latents, cond=cond, out_size=out_size)
             return results
         finally:
             prior_net.train(was_training)

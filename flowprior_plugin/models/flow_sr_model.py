@@ -91,16 +91,23 @@ class FlowSRModel(FlowBaseModel):
     def evaluation_methods(self) -> list[str]:
         return [method_name(t) for t in self.temperatures()]
 
-    def predict(self, lq: Tensor, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+    def predict(
+        self,
+        lq: Tensor,
+        methods: list[str],
+        generator: torch.Generator,
+        out_size: tuple[int, int] | None = None,
+    ) -> dict[str, Tensor]:
         flow = self.flow
         was_training = flow.training
         flow.eval()
         try:
             cond = flow.condition(lq)
             by_name = {method_name(t): t for t in self.temperatures()}
-            return {
-                name: flow.decode(lq, flow.sample_latents(lq, by_name[name], generator=generator, cond=cond), cond=cond)
-                for name in methods
-            }
+            results = {}
+            for name in methods:
+                latents = flow.sample_latents(lq, by_name[name], generator=generator, cond=cond, out_size=out_size)
+                results[name] = flow.decode(lq, latents, cond=cond, out_size=out_size)
+            return results
         finally:
             flow.train(was_training)

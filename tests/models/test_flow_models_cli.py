@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import TINY_HCFLOW, TINY_SRFLOW, run_cli, write_paired_images
+from conftest import TINY_HCFLOW, TINY_LINF, TINY_SRFLOW, run_cli, write_paired_images
 
 
 def _dataset(data, phase: str) -> dict:
@@ -60,7 +60,7 @@ def tiny_data(tmp_path_factory):
     return write_paired_images(tmp_path_factory.mktemp('data'), count=3, hr_size=(24, 24), scale=4)
 
 
-FLOWS = {'SRFlow': TINY_SRFLOW, 'HCFlow': TINY_HCFLOW}
+FLOWS = {'SRFlow': TINY_SRFLOW, 'HCFlow': TINY_HCFLOW, 'LINF': TINY_LINF}
 
 
 @pytest.fixture(scope='module', params=sorted(FLOWS))

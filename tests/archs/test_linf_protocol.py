@@ -1,0 +1,133 @@
+"""LINFNet through the flow protocol, and the protocol's ``out_size`` for the fixed-scale flows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from basicsr.archs import build_network
+from conftest import TINY_HCFLOW, TINY_LINF, TINY_SRFLOW
+
+from flowprior_plugin.flow_protocol import check_flow_protocol
+
+
+def _linf(patch_size: int = 3):
+    torch.manual_seed(0)
+    return build_network(dict(TINY_LINF, patch_size=patch_size))
+
+
+def _lr_hr(h: int = 6, w: int = 5, out: tuple[int, int] = (24, 20), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.rand(2, 3, *out, generator=g)
+    lq = torch.nn.functional.interpolate(gt, size=(h, w), mode='area')
+    return lq, gt
+
+
+def test_linf_implements_the_protocol():
+    net = _linf()
+    check_flow_protocol(net)
+    assert net.arbitrary_scale is True and net.lr_multiple == 1 and net.scale == 4
+    assert net.latent_channels() == [27]
+    assert _linf(patch_size=1).latent_channels() == [3]
+    lq, gt = _lr_hr()
+    assert net.initialize_from_batch(lq, gt) is False
+
+
+@pytest.mark.parametrize('patch_size', [1, 3])
+@pytest.mark.parametrize('out_size', [None, (18, 15), (17, 23)])
+def test_sample_latents_shapes_and_zeros(patch_size, out_size):
+    net = _linf(patch_size)
+    lq, _ = _lr_hr()
+    expected = net.latent_shape(lq.shape, out_size)
+    size = out_size or (24, 20)
+    if patch_size == 3:
+        assert expected == (2, 27, size[0] // 3 + 1, size[1] // 3 + 1)
+    else:
+        assert expected == (2, 3, *size)
+    zeros = net.sample_latents(lq, 0.0, out_size=out_size)
+    assert [tuple(z.shape) for z in zeros] == [expected] and torch.count_nonzero(zeros[0]) == 0
+    g = torch.Generator().manual_seed(1)
+    z = net.sample_latents(lq, 0.7, generator=g, cond=net.condition(lq), out_size=out_size)[0]
+    assert tuple(z.shape) == expected and 0.5 < float(z.std()) < 0.9
+    again = net.sample_latents(lq, 0.7, generator=torch.Generator().manual_seed(1), out_size=out_size)[0]
+    assert torch.equal(z, again)
+
+
+@pytest.mark.parametrize('out_size', [(24, 20), (18, 15), (13, 11)])
+def test_decode_and_initial_prior_respect_out_size(out_size):
+    net = _linf().eval()
+    lq, _ = _lr_hr()
+    with torch.no_grad():
+        cond = net.condition(lq)
+        z0 = net.initial_prior(lq, cond=cond, out_size=out_size)
+        assert [tuple(z.shape) for z in z0] == [net.latent_shape(lq.shape, out_size)]
+        assert torch.isfinite(z0[0]).all()
+        sr = net.decode(lq, z0, cond=cond, out_size=out_size)
+    assert tuple(sr.shape) == (2, 3, *out_size)
+    # Default: scale times the LR.
+    assert [tuple(z.shape) for z in net.initial_prior(lq)] == [net.latent_shape(lq.shape, (24, 20))]
+
+
+def test_initial_prior_is_the_encoding_of_the_lp_residual():
+    # r = up(y) - up(down(up(y))): encode() of the HR up(y) on the LR down(up(y)), with the
+    # flow parameters of the real LR.
+    net = _linf().double().eval()
+    lq, _ = _lr_hr()
+    lq = lq.double()
+    with torch.no_grad():
+        cond = net.condition(lq)
+        up = net.upsampled_lr(cond, (24, 20))
+        down = torch.nn.functional.interpolate(up, size=(6, 5), mode='bicubic', align_corners=False, antialias=True)
+        residual = net.to_patches(up - net._bilinear_base(down, (24, 20)))
+        expected = net.log_prob_patches(residual, net.params_for(cond, (24, 20)))[1]
+        assert torch.allclose(net.initial_prior(lq, cond=cond)[0], expected, atol=1e-12)
+
+
+def test_nll_bits_per_pixel_and_forward():
+    net = _linf()
+    lq, gt = _lr_hr()
+    bits = net.nll(lq, gt)
+    assert bits.shape == (2,) and torch.isfinite(bits).all()
+    log_p, _ = net.log_prob(lq, gt)
+    assert torch.allclose(bits, -log_p.flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
+    # Dequantisation: the discrete 8-bit term, 3 values per pixel of a 1/255 bin in [-1, 1].
+    g = torch.Generator().manual_seed(0)
+    deq = net.nll(lq, gt, dequantize=True, generator=g)
+    assert torch.allclose(deq - bits, torch.full_like(bits, 3 * math.log2(127.5)), atol=0.05)
+    assert torch.equal(net(lq, gt), bits)
+    assert tuple(net(lq).shape) == (2, 3, 24, 20)
+    with pytest.raises(ValueError, match='HR batch'):
+        net.nll(lq, gt[:, :2])
+
+
+def test_nll_decreases_in_a_short_training_run():
+    net = _linf()
+    lq, gt = _lr_hr(out=(24, 24), h=6, w=6, seed=3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = net(lq, gt, dequantize=True).mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
+
+
+@pytest.mark.parametrize('options', [TINY_SRFLOW, TINY_HCFLOW], ids=['SRFlow', 'HCFlow'])
+def test_fixed_scale_flows_reject_another_out_size(options):
+    net = build_network(dict(options)).eval()
+    assert net.arbitrary_scale is False
+    lq = torch.rand(1, 3, 4, 4)
+    with torch.no_grad():
+        latents = net.sample_latents(lq, 0.0, out_size=(16, 16))  # lq * scale is accepted
+        assert tuple(net.decode(lq, latents, out_size=(16, 16)).shape) == (1, 3, 16, 16)
+        for call in (
+            lambda: net.sample_latents(lq, 0.5, out_size=(12, 12)),
+            lambda: net.decode(lq, latents, out_size=(12, 16)),
+            lambda: net.initial_prior(lq, out_size=(20, 20)),
+        ):
+            with pytest.raises(ValueError, match='fixed-scale flow'):
+                call()

@@ -1,0 +1,165 @@
+"""LINF through FlowSRModel (likelihood) and FlowPriorModel (learned prior), in process: the
+models have no LINF branch, they pass the gt's size as ``out_size`` to an arbitrary-scale flow."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from basicsr.data import build_dataloader, build_dataset
+from conftest import TINY_LINF, finalize_options, write_paired_images
+
+from flowprior_plugin.models.flow_prior_model import FlowPriorModel
+from flowprior_plugin.models.flow_sr_model import FlowSRModel
+
+TINY_PRIOR = {
+    'type': 'LatentPriorNet',
+    'prior_features': 8,
+    'lr_features': 8,
+    'generator': {'type': 'UNet', 'depth': 2, 'width': 8},
+}
+METRICS = {
+    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+    'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
+}
+
+
+def _train_opt(**losses) -> dict:
+    return {
+        'ema_decay': 0,
+        'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
+        'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+        'total_iter': 10,
+        **losses,
+    }
+
+
+def _batch(seed: int = 0, n: int = 2, lr: tuple[int, int] = (6, 6), hr: tuple[int, int] = (24, 24)) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, hr[0] // 4 + 1, hr[1] // 4 + 1, generator=g)
+    gt = torch.nn.functional.interpolate(coarse, size=hr, mode='bicubic').clamp(0, 1)
+    lq = torch.nn.functional.interpolate(gt, size=lr, mode='area')
+    return {'lq': lq, 'gt': gt}
+
+
+def flow_model(tmp_path) -> FlowSRModel:
+    opt = {
+        'name': 'linf',
+        'model_type': 'FlowSRModel',
+        'scale': 4,
+        'network_g': dict(TINY_LINF),
+        'path': {},
+        'train': _train_opt(),
+        'val': {'temperatures': [0.0, 0.8], 'metrics': METRICS},
+    }
+    torch.manual_seed(0)
+    return FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
+
+
+def prior_model(tmp_path, scale: int = 4, **overrides) -> FlowPriorModel:
+    opt = {
+        'name': 'linf_prior',
+        'model_type': 'FlowPriorModel',
+        'scale': scale,
+        'network_flow': dict(TINY_LINF),
+        'network_g': copy.deepcopy(TINY_PRIOR),
+        'path': {},
+        'train': _train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}),
+        'val': {'temperatures': [0.0, 0.8], 'metrics': METRICS},
+    }
+    opt.update(overrides)
+    torch.manual_seed(0)
+    return FlowPriorModel(finalize_options(opt, tmp_path, is_train=True))
+
+
+def _validate(model, tmp_path, scale: int, hr_size: tuple[int, int]) -> list[dict]:
+    """Validate through BasicSR's PairedImageDataset on paired folders at ``scale``; the summary."""
+    data = write_paired_images(tmp_path / f'data_x{scale}', count=2, hr_size=hr_size, scale=scale)
+    dataset_opt = {
+        'name': f'x{scale}',
+        'type': 'PairedImageDataset',
+        'dataroot_gt': str(data / 'hr'),
+        'dataroot_lq': str(data / 'lr'),
+        'io_backend': {'type': 'disk'},
+        'phase': 'val',
+        'scale': scale,
+    }
+    loader = build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False)
+    model.opt['is_train'] = False  # a test run writes the tables
+    model.validation(loader, current_iter=0, tb_logger=None, save_img=True)
+    root = tmp_path / 'experiments' / model.opt['name']
+    return json.loads((root / f'summary_x{scale}.json').read_text())['methods']
+
+
+def test_likelihood_training_steps_decrease_the_nll(tmp_path):
+    model = flow_model(tmp_path)
+    batch = _batch(seed=3, n=4)
+    losses = []
+    for step in range(20):
+        model.feed_data(batch)
+        model.optimize_parameters(step + 1)
+        losses.append(float(model.log_dict['l_nll']))
+    assert all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.1, f'NLL did not decrease: {first:.3f} -> {last:.3f} bits/pixel'
+
+
+def test_likelihood_training_at_another_scale_uses_the_gt_size(tmp_path):
+    model = flow_model(tmp_path)
+    model.feed_data(_batch(lr=(8, 7), hr=(24, 21)))  # x3 pairs for a flow whose default scale is 4
+    model.optimize_parameters(1)
+    assert math.isfinite(float(model.log_dict['l_nll']))
+    assert model._out_size() == (24, 21)
+    model.test()
+    assert tuple(model.output.shape) == (2, 3, 24, 21)
+
+
+@pytest.mark.parametrize('scale,hr_size', [(4, (24, 20)), (3, (24, 21))])
+def test_flow_model_validates_at_a_fixed_scale(tmp_path, scale, hr_size):
+    model = flow_model(tmp_path)
+    summary = _validate(model, tmp_path, scale, hr_size)
+    assert [entry['method'] for entry in summary] == ['tau0', 'tau0.8']
+    for entry in summary:
+        assert entry['images'] == 2 and math.isfinite(entry['psnr']) and math.isfinite(entry['lr_psnr'])
+
+
+def test_prior_steps_train_the_prior_and_keep_the_flow(tmp_path):
+    model = prior_model(tmp_path, train=_train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}))
+    assert model.opt['network_g']['latent_channels'] == [27]
+    flow_before = {k: v.clone() for k, v in model.net_flow.state_dict().items()}
+    prior_before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    for step, (lr, hr) in enumerate((((6, 6), (24, 24)), ((8, 7), (24, 21)), ((6, 5), (24, 20)))):
+        model.feed_data(_batch(step, lr=lr, hr=hr))
+        model.optimize_parameters(step + 1)
+        assert math.isfinite(float(model.log_dict['l_latent']))
+    assert all(torch.equal(v, flow_before[k]) for k, v in model.net_flow.state_dict().items())
+    assert any(not torch.equal(v, prior_before[k]) for k, v in model.net_g.state_dict().items())
+
+
+def test_gradient_reaches_the_prior_through_linf_decode(tmp_path):
+    model = prior_model(tmp_path)
+    model.feed_data(_batch(lr=(8, 8), hr=(24, 24)))
+    out_size = model._out_size()
+    assert out_size == (24, 24)
+    with torch.no_grad():
+        cond = model.net_flow.condition(model.lq)
+        z0 = model.initial_prior(model.lq, cond, out_size=out_size)
+    sr = model.net_flow.decode(model.lq, model.net_g(model.lq, z0), cond=cond, out_size=out_size)
+    assert tuple(sr.shape) == (2, 3, 24, 24)
+    torch.nn.functional.l1_loss(sr, model.gt).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net_g.parameters())
+
+
+@pytest.mark.parametrize('scale,hr_size', [(4, (24, 20)), (3, (24, 21))])
+def test_prior_model_validates_at_a_fixed_scale(tmp_path, scale, hr_size):
+    model = prior_model(tmp_path, scale=scale)
+    summary = _validate(model, tmp_path, scale, hr_size)
+    assert [entry['method'] for entry in summary] == ['prior', 'tau0', 'tau0.8']
+    for entry in summary:
+        assert entry['images'] == 2 and entry['nonfinite'] == 0
+        assert math.isfinite(entry['psnr']) and math.isfinite(entry['lr_psnr'])
+    root = tmp_path / 'experiments' / 'linf_prior' / 'visualization' / f'x{scale}'
+    assert len(list((root / 'prior').glob('*.png'))) == 2
