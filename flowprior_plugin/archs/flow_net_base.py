@@ -27,6 +27,21 @@ from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.flow_layers import ActNorm, standardize_per_pixel
 
 
+def gaussian_latents(
+    shapes: Sequence[Sequence[int]], temperature: float, generator: torch.Generator | None, like: Tensor
+) -> Latents:
+    """Temperature sampling: one N(0, temperature^2) tensor per shape (zeros at 0), on ``like``'s
+    device and dtype. The draw happens on the generator's device (a CPU generator may drive a CUDA
+    model), then moves."""
+    if temperature == 0:
+        return [like.new_zeros(tuple(shape)) for shape in shapes]
+    device = generator.device if generator is not None else like.device
+    return [
+        (torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype) * temperature).to(like.device)
+        for shape in shapes
+    ]
+
+
 class CheckpointCheckedModule(nn.Module):
     """A module whose strict ``load_state_dict`` first compares architectures.
 
@@ -206,15 +221,7 @@ class ActNormFlowNet(FlowNet):
         self._check_out_size(lq, out_size)
         if cond is not None:
             self._resolve_cond(lq, cond)
-        shapes = self.latent_shapes(lq.shape)
-        if temperature == 0:
-            return [lq.new_zeros(shape) for shape in shapes]
-        # Draw on the generator's device (a CPU generator may drive a CUDA model), then move.
-        device = generator.device if generator is not None else lq.device
-        return [
-            (torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)
-            for shape in shapes
-        ]
+        return gaussian_latents(self.latent_shapes(lq.shape), temperature, generator, like=lq)
 
     def initial_prior(
         self, lq: Tensor, cond: FlowCondition | None = None, out_size: Sequence[int] | None = None

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import FlowNet, shape_dim, state_dict_shapes
+from flowprior_plugin.archs.flow_net_base import FlowNet, gaussian_latents, shape_dim, state_dict_shapes
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, Latents
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
@@ -479,12 +479,7 @@ class LINFNet(FlowNet):
         self._check_lq(lq)
         if cond is not None:
             self._resolve_cond(lq, cond)
-        shape = self.latent_shape(lq.shape, out_size)
-        if temperature == 0:
-            return [lq.new_zeros(shape)]
-        # Draw on the generator's device (a CPU generator may drive a CUDA model), then move.
-        device = generator.device if generator is not None else lq.device
-        return [(torch.randn(shape, generator=generator, device=device, dtype=lq.dtype) * temperature).to(lq.device)]
+        return gaussian_latents([self.latent_shape(lq.shape, out_size)], temperature, generator, like=lq)
 
     def nll(
         self,
