@@ -49,7 +49,8 @@ def pad_to_multiple(lq: Tensor, multiple: int) -> Tensor:
 class FlowBaseModel(SRModel):
     """Shared machinery of :class:`FlowSRModel` and :class:`FlowPriorModel` (not registered).
 
-    Subclasses define :meth:`evaluation_methods` and :meth:`predict`.
+    Subclasses define :attr:`flow`; a model with methods beyond temperature sampling extends
+    :meth:`evaluation_methods` and :meth:`method_latents` (and :attr:`evaluated_network`).
     """
 
     # ---------------------------------------------------------------- checkpoints
@@ -91,9 +92,34 @@ class FlowBaseModel(SRModel):
         self.net_g_ema.eval()
 
     # ---------------------------------------------------------------- methods
+    # Temperatures compared when ``val.temperatures`` is not given.
+    default_temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+
+    def temperatures(self) -> list[float]:
+        val_opt = self.opt.get('val') or {}
+        given = val_opt.get('temperatures')
+        return [float(t) for t in (self.default_temperatures if given is None else given)]
+
     def evaluation_methods(self) -> list[str]:
-        """Names of the SR methods compared in validation, primary first."""
-        raise NotImplementedError
+        """Names of the SR methods compared in validation, primary first: here one per temperature."""
+        return [method_name(t) for t in self.temperatures()]
+
+    @property
+    def evaluated_network(self) -> torch.nn.Module:
+        """The network put in eval mode while predicting (the one that is being trained)."""
+        return self.flow
+
+    def method_latents(
+        self,
+        method: str,
+        lq: Tensor,
+        cond,
+        generator: torch.Generator,
+        out_size: tuple[int, int] | None,
+    ) -> list[Tensor]:
+        """The latents one method decodes; here temperature sampling (``tau<t>``)."""
+        temperature = {method_name(t): t for t in self.temperatures()}[method]
+        return self.flow.sample_latents(lq, temperature, generator=generator, cond=cond, out_size=out_size)
 
     def predict(
         self,
@@ -102,13 +128,21 @@ class FlowBaseModel(SRModel):
         generator: torch.Generator,
         out_size: tuple[int, int] | None = None,
     ) -> dict[str, Tensor]:
-        """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, no grad, of
-        size ``out_size`` (None: the flow's ``lq * scale``)."""
-        raise NotImplementedError
-
-    def temperatures(self) -> list[float]:
-        val_opt = self.opt.get('val') or {}
-        return [float(t) for t in val_opt.get('temperatures', DEFAULT_TEMPERATURES)]
+        """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, of size
+        ``out_size`` (None: the flow's ``lq * scale``); one conditioning serves every method."""
+        net = self.evaluated_network
+        was_training = net.training
+        net.eval()
+        try:
+            cond = self.flow.condition(lq)
+            return {
+                name: self.flow.decode(
+                    lq, self.method_latents(name, lq, cond, generator, out_size), cond=cond, out_size=out_size
+                )
+                for name in methods
+            }
+        finally:
+            net.train(was_training)
 
     @property
     def flow(self):
@@ -118,7 +152,7 @@ class FlowBaseModel(SRModel):
     def _out_size(self) -> tuple[int, int] | None:
         """HR size of the current batch for the flow's ``out_size``: the gt's size for an
         arbitrary-scale flow when a gt is loaded, else None (``lq * scale``)."""
-        if getattr(self.flow, 'arbitrary_scale', False) and hasattr(self, 'gt'):
+        if self.flow.arbitrary_scale and hasattr(self, 'gt'):
             return int(self.gt.shape[-2]), int(self.gt.shape[-1])
         return None
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from flowprior_plugin.errors import OptionError
 from flowprior_plugin.flow_protocol import check_flow_protocol
-from flowprior_plugin.models.flow_base import FlowBaseModel, method_name
+from flowprior_plugin.models.flow_base import FlowBaseModel
 
 INITIAL_PRIORS = ('encoded_upsample', 'zeros', 'gaussian')
 PRIOR_METHOD = 'prior'
@@ -169,35 +169,16 @@ class FlowPriorModel(FlowBaseModel):
             self.model_ema(decay=self.ema_decay)
 
     # ---------------------------------------------------------------- evaluation
+    default_temperatures = ()  # the prior alone unless val.temperatures asks for sampling too
+
     def evaluation_methods(self) -> list[str]:
-        return [PRIOR_METHOD] + [method_name(t) for t in self.temperatures()]
+        return [PRIOR_METHOD, *super().evaluation_methods()]
 
-    def temperatures(self) -> list[float]:
-        val_opt = self.opt.get('val') or {}
-        return [float(t) for t in val_opt.get('temperatures') or []]
+    @property
+    def evaluated_network(self):
+        return self.prior_net
 
-    def predict(
-        self,
-        lq: Tensor,
-        methods: list[str],
-        generator: torch.Generator,
-        out_size: tuple[int, int] | None = None,
-    ) -> dict[str, Tensor]:
-        prior_net = self.prior_net
-        was_training = prior_net.training
-        prior_net.eval()
-        try:
-            cond = self.net_flow.condition(lq)
-            by_name = {method_name(t): t for t in self.temperatures()}
-            results = {}
-            for name in methods:
-                if name == PRIOR_METHOD:
-                    latents = prior_net(lq, self.initial_prior(lq, cond, generator, out_size=out_size))
-                else:
-                    latents = self.net_flow.sample_latents(
-                        lq, by_name[name], generator=generator, cond=cond, out_size=out_size
-                    )
-                results[name] = self.net_flow.decode(lq, latents, cond=cond, out_size=out_size)
-            return results
-        finally:
-            prior_net.train(was_training)
+    def method_latents(self, method, lq, cond, generator, out_size):
+        if method == PRIOR_METHOD:
+            return self.prior_net(lq, self.initial_prior(lq, cond, generator, out_size=out_size))
+        return super().method_latents(method, lq, cond, generator, out_size)

@@ -7,11 +7,10 @@ from collections import OrderedDict
 import torch
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch import Tensor
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from flowprior_plugin.flow_protocol import check_flow_protocol
-from flowprior_plugin.models.flow_base import FlowBaseModel, method_name
+from flowprior_plugin.models.flow_base import FlowBaseModel
 
 
 @MODEL_REGISTRY.register()
@@ -86,28 +85,3 @@ class FlowSRModel(FlowBaseModel):
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
-
-    # ---------------------------------------------------------------- evaluation
-    def evaluation_methods(self) -> list[str]:
-        return [method_name(t) for t in self.temperatures()]
-
-    def predict(
-        self,
-        lq: Tensor,
-        methods: list[str],
-        generator: torch.Generator,
-        out_size: tuple[int, int] | None = None,
-    ) -> dict[str, Tensor]:
-        flow = self.flow
-        was_training = flow.training
-        flow.eval()
-        try:
-            cond = flow.condition(lq)
-            by_name = {method_name(t): t for t in self.temperatures()}
-            results = {}
-            for name in methods:
-                latents = flow.sample_latents(lq, by_name[name], generator=generator, cond=cond, out_size=out_size)
-                results[name] = flow.decode(lq, latents, cond=cond, out_size=out_size)
-            return results
-        finally:
-            flow.train(was_training)
