@@ -14,14 +14,18 @@ of the same LR::
     sr = flow.decode(lq, prior(lq, z0), cond=cond)
     samples = [flow.decode(lq, flow.sample_latents(lq, 0.9, cond=cond), cond=cond) for _ in range(8)]
 
-The HR size is ``lq * scale`` unless ``out_size=(H, W)`` is given to ``decode``,
-``sample_latents`` and ``initial_prior``; only arbitrary-scale flows (``arbitrary_scale``, LINF)
-accept another size, fixed-scale flows raise a ValueError. ``encode`` and ``nll`` read the size
-from ``gt``.
+The HR the latents describe is ``lq * scale`` unless ``out_size`` says otherwise: ``(H, W)`` for a
+whole HR image of another size, or an :class:`HRWindow` for windows of larger HR images (training
+crops as LINF-LP trains: the LR covers a whole HR crop, the target is a window of it). ``decode``,
+``sample_latents`` and ``initial_prior`` read the size from ``out_size``; ``encode`` and ``nll``
+read it from ``gt`` and take ``out_size`` only for a window. Only arbitrary-scale flows
+(``arbitrary_scale``, LINF) accept another size or a window; fixed-scale flows raise a ValueError
+(a window covering the whole ``lq * scale`` image is accepted by every flow).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -61,6 +65,69 @@ class FlowCondition:
             )
 
 
+@dataclass(frozen=True)
+class HRWindow:
+    """Where each HR target of a batch sits in the HR image its LR covers.
+
+    The LR of sample ``b`` covers an HR image of ``full_size[b]`` pixels; the target is the
+    ``size`` window whose top-left pixel is ``offset[b]`` in it. Windows share one size (they are
+    batched), while full sizes and offsets may differ per sample (mixed scales).
+
+    Attributes:
+        size: (h, w) of every window.
+        full_size: Long tensor (B, 2): (H, W) of each HR image.
+        offset: Long tensor (B, 2): (top, left) of each window.
+    """
+
+    size: tuple[int, int]
+    full_size: Tensor
+    offset: Tensor
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f'HRWindow: size must be (h, w) with positive sides, got {self.size}')
+        object.__setattr__(self, 'size', size)
+        full, off = self.full_size, self.offset
+        if full.dim() != 2 or full.shape[1] != 2 or off.shape != full.shape:
+            raise ValueError(
+                f'HRWindow: full_size and offset must both have shape (B, 2), got {tuple(full.shape)} and '
+                f'{tuple(off.shape)}'
+            )
+        window = torch.tensor(size, device=full.device)
+        if bool((off < 0).any()) or bool((off + window > full).any()):
+            raise ValueError(
+                f'HRWindow: a {size} window at offsets {off.tolist()} does not fit HR images of sizes {full.tolist()}'
+            )
+
+    @classmethod
+    def from_batch(cls, gt: Tensor, full_size: Tensor, offset: Tensor) -> HRWindow:
+        """The windows of a data batch: ``gt`` (B, C, h, w) and the dataset's ``hr_size`` / ``window``."""
+        return cls(tuple(gt.shape[-2:]), full_size.to(torch.long).reshape(-1, 2), offset.to(torch.long).reshape(-1, 2))
+
+    @property
+    def batch(self) -> int:
+        return int(self.full_size.shape[0])
+
+    def is_whole(self) -> bool:
+        """Whether every window is its whole HR image (then ``size`` alone says everything)."""
+        window = torch.tensor(self.size, device=self.full_size.device)
+        return bool((self.offset == 0).all()) and bool((self.full_size == window).all())
+
+
+# What ``out_size`` may be: None (lq * scale), (H, W), or windows of larger HR images.
+OutputSize = Sequence[int] | HRWindow | None
+
+
+def output_hw(out_size: OutputSize) -> tuple[int, int] | None:
+    """The (H, W) of the output ``out_size`` asks for (a window's size), or None."""
+    if out_size is None:
+        return None
+    if isinstance(out_size, HRWindow):
+        return out_size.size
+    return int(out_size[0]), int(out_size[1])
+
+
 @runtime_checkable
 class FlowSR(Protocol):
     """A conditional normalizing flow HR <-> latents given LR.
@@ -81,19 +148,20 @@ class FlowSR(Protocol):
     def condition(self, lq: Tensor) -> FlowCondition:
         """Compute everything that depends on the LR alone."""
 
-    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None) -> Latents:
-        """HR -> latents, deterministic (no dequantisation noise)."""
+    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
+        """HR -> latents, deterministic (no dequantisation noise). ``out_size``: None (``gt`` is
+        the whole HR) or the :class:`HRWindow` that ``gt`` is."""
 
     def decode(
         self,
         lq: Tensor,
         latents: Latents,
         cond: FlowCondition | None = None,
-        out_size: tuple[int, int] | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
-        """Latents -> SR image (not clamped) of size ``out_size`` (HR height, width; None: lq *
-        scale). Differentiable w.r.t. the latents; changes no parameter or buffer and never mutates
-        ``latents``."""
+        """Latents -> SR image (not clamped) of size ``out_size`` (HR (height, width) or an
+        :class:`HRWindow`; None: lq * scale). Differentiable w.r.t. the latents; changes no
+        parameter or buffer and never mutates ``latents``."""
 
     def sample_latents(
         self,
@@ -101,7 +169,7 @@ class FlowSR(Protocol):
         temperature: float,
         generator: torch.Generator | None = None,
         cond: FlowCondition | None = None,
-        out_size: tuple[int, int] | None = None,
+        out_size: OutputSize = None,
     ) -> Latents:
         """Latents for temperature sampling as the release draws them (zeros at 0), shaped for
         an HR of size ``out_size`` (None: lq * scale)."""
@@ -113,15 +181,15 @@ class FlowSR(Protocol):
         cond: FlowCondition | None = None,
         dequantize: bool = False,
         generator: torch.Generator | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
-        """Negative log-likelihood in bits per HR pixel, one value per image, shape (B,).
+        """Negative log-likelihood in bits per HR pixel, one value per image, shape (B,); with an
+        :class:`HRWindow` ``out_size``, of the window ``gt`` given the LR of the whole HR image.
 
         With ``dequantize`` the release's dequantisation noise (and its log-det term) is used,
         as in likelihood training."""
 
-    def initial_prior(
-        self, lq: Tensor, cond: FlowCondition | None = None, out_size: tuple[int, int] | None = None
-    ) -> Latents:
+    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """The learned prior's initial latents z0 as the authors released them for this family
         (SRFlow: standardised encoding of the bilinearly upsampled LR; LINF: encoding of the
         residual of the upsampled LR), for an HR of size ``out_size`` (None: lq * scale)."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowprior_plugin.errors import CheckpointMismatchError
-from flowprior_plugin.flow_protocol import FlowCondition, Latents
+from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize
 from flowprior_plugin.layers.flow_layers import ActNorm, standardize_per_pixel
 
 
@@ -156,11 +156,20 @@ class ActNormFlowNet(FlowNet):
     arbitrary_scale: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ checks
-    def _check_out_size(self, lq: Tensor, out_size: Sequence[int] | None) -> None:
-        """Reject an ``out_size`` other than ``lq * scale``: this flow has one fixed scale."""
+    def _check_out_size(self, lq: Tensor, out_size: OutputSize) -> None:
+        """Reject an ``out_size`` other than ``lq * scale``: this flow has one fixed scale and
+        works on whole HR images (an :class:`HRWindow` passes only when it is the whole image)."""
         if out_size is None:
             return
         expected = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+        if isinstance(out_size, HRWindow):
+            if out_size.is_whole() and out_size.size == expected:
+                return
+            raise ValueError(
+                f'{self.family}Net is a fixed-scale flow ({self.scale}X) on whole HR images; it cannot take '
+                f'{out_size.size} windows of HR images of sizes {out_size.full_size.tolist()} (train it on whole '
+                'crops: gt exactly scale x lq)'
+            )
         if tuple(int(s) for s in out_size) != expected:
             raise ValueError(
                 f'{self.family}Net is a fixed-scale flow ({self.scale}X): for an LR of shape {tuple(lq.shape)} '
@@ -201,7 +210,7 @@ class ActNormFlowNet(FlowNet):
         temperature: float,
         generator: torch.Generator | None = None,
         cond: FlowCondition | None = None,
-        out_size: Sequence[int] | None = None,
+        out_size: OutputSize = None,
     ) -> Latents:
         """Latents of temperature sampling: every latent ~ N(0, temperature^2) (zeros at 0).
 
@@ -223,9 +232,7 @@ class ActNormFlowNet(FlowNet):
             self._resolve_cond(lq, cond)
         return gaussian_latents(self.latent_shapes(lq.shape), temperature, generator, like=lq)
 
-    def initial_prior(
-        self, lq: Tensor, cond: FlowCondition | None = None, out_size: Sequence[int] | None = None
-    ) -> Latents:
+    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """Initial latents z0 of the learned prior: the encoding of the bilinearly upsampled LR
         (align_corners False), each level standardised per pixel across channels,
         ``(z - mean_c) / (std_c + 1e-8)`` (unbiased std).
@@ -253,6 +260,7 @@ class ActNormFlowNet(FlowNet):
         cond: FlowCondition | None,
         dequantize: bool,
         generator: torch.Generator | None,
+        out_size: OutputSize = None,
     ) -> tuple[Tensor, FlowCondition, Tensor]:
         """The start of :meth:`nll`: checked inputs, the condition, and the dequantisation.
 
@@ -263,12 +271,14 @@ class ActNormFlowNet(FlowNet):
             dequantize: Add ``(U(0, 1) - dequantization_offset) / quant`` noise to gt and its
                 ``-log(quant) * H * W`` log-det term.
             generator: Random generator of the noise (any device; the draw moves to gt's device).
+            out_size: None, or a whole-image :class:`HRWindow` (see :meth:`_check_out_size`).
 
         Returns:
             tuple: (gt, dequantised if asked; the condition; the log-det so far, shape (B,)).
         """
         self._check_lq(lq)
         self._check_gt(lq, gt)
+        self._check_out_size(lq, out_size)
         cond = self._resolve_cond(lq, cond)
         num_pixels = gt.shape[2] * gt.shape[3]
         logdet = gt.new_zeros(gt.shape[0])
@@ -309,12 +319,17 @@ class ActNormFlowNet(FlowNet):
         return True
 
     def forward(
-        self, lq: Tensor, gt: Tensor | None = None, latents: Latents | None = None, dequantize: bool = False
+        self,
+        lq: Tensor,
+        gt: Tensor | None = None,
+        latents: Latents | None = None,
+        dequantize: bool = False,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
         :meth:`decode` of ``latents`` (zeros, i.e. temperature 0, when None)."""
         if gt is not None:
-            return self.nll(lq, gt, dequantize=dequantize)
+            return self.nll(lq, gt, dequantize=dequantize, out_size=out_size)
         if latents is None:
             latents = self.sample_latents(lq, 0.0)
         return self.decode(lq, latents)

@@ -74,7 +74,7 @@ from flowprior_plugin.archs.flow_net_base import (
     shape_dim,
     state_dict_shapes,
 )
-from flowprior_plugin.flow_protocol import FlowCondition, Latents
+from flowprior_plugin.flow_protocol import FlowCondition, Latents, OutputSize
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
     Conv2dActNorm,
@@ -690,7 +690,7 @@ class HCFlowNet(ActNormFlowNet):
         latents, _ = self._cond_encode(kept, aux, cond.coarsest, cond)
         return latents, kept[-1]
 
-    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None) -> Latents:
+    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """HR -> standardised latents ``[eps_0, ..., eps_{L-1}]`` (finest first), deterministic.
 
         The coarsest level is conditioned on ``lq`` (not on the flow's own LR, see the module
@@ -701,10 +701,12 @@ class HCFlowNet(ActNormFlowNet):
             lq: LR batch (B, in_nc, h, w).
             gt: HR batch (B, in_nc, h*scale, w*scale).
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: None, or a whole-image ``HRWindow`` (a fixed-scale flow). Default: None.
 
         Returns:
             list[Tensor]: The latents.
         """
+        self._check_out_size(lq, out_size)
         return self.encode_with_lr(lq, gt, cond)[0]
 
     def encode_hr(self, gt: Tensor) -> tuple[Latents, Tensor]:
@@ -728,7 +730,7 @@ class HCFlowNet(ActNormFlowNet):
         lq: Tensor,
         latents: Latents,
         cond: FlowCondition | None = None,
-        out_size: Sequence[int] | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """Latents -> SR image (not clamped): the reverse pass from the real LR ``lq``.
 
@@ -759,6 +761,7 @@ class HCFlowNet(ActNormFlowNet):
         cond: FlowCondition | None = None,
         dequantize: bool = False,
         generator: torch.Generator | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """Negative log-likelihood of ``gt`` given ``lq`` in bits per HR pixel, shape (B,).
 
@@ -775,11 +778,12 @@ class HCFlowNet(ActNormFlowNet):
             dequantize: Add U(0, 1)/quant noise to gt (not centred, as the release) and its
                 ``-log(quant) * H * W`` log-det term, as in likelihood training. Default: False.
             generator: Random generator of the noise. Default: None.
+            out_size: None, or a whole-image ``HRWindow`` (a fixed-scale flow). Default: None.
 
         Returns:
             Tensor: Bits per pixel, one per image.
         """
-        gt, cond, logdet = self._start_nll(lq, gt, cond, dequantize, generator)
+        gt, cond, logdet = self._start_nll(lq, gt, cond, dequantize, generator, out_size)
         kept, aux, logdet = self._main_encode(gt, logdet)
         _, logp = self._cond_encode(kept, aux, cond.coarsest, cond)
         lr_logs = torch.full_like(lq, self.lr_noise_logstd)

@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from flowprior_plugin.archs.flow_net_base import FlowNet, gaussian_latents, shape_dim, state_dict_shapes
 from flowprior_plugin.errors import CheckpointMismatchError
-from flowprior_plugin.flow_protocol import FlowCondition, Latents
+from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize, output_hw
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
 from flowprior_plugin.layers.local_fourier import local_fourier_features, make_coord
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
@@ -218,63 +218,104 @@ class LINFNet(FlowNet):
         self.imnet = flow
 
     # ------------------------------------------------------------------ geometry
-    def query_shape(self, hr_size: Sequence[int]) -> tuple[int, int]:
-        """(Hq, Wq): the query grid of an HR image of size ``hr_size`` = (H, W)."""
-        h, w = (int(s) for s in hr_size)
+    def query_shape(self, hr_size: Sequence[int] | HRWindow) -> tuple[int, int]:
+        """(Hq, Wq): the query grid of an HR image (or window) of size ``hr_size`` = (H, W)."""
+        h, w = output_hw(hr_size)
         p = self.patch_size
         if p == 1:
             return h, w
         return h // p + 1, w // p + 1
 
-    def padding(self, hr_size: Sequence[int]) -> tuple[int, int]:
+    def padding(self, hr_size: Sequence[int] | HRWindow) -> tuple[int, int]:
         """Rows and columns of zeros added below and right of the HR grid (patch mode only).
 
         The release pads ``p - (H mod p)``, so a whole extra row of patches when H is already a
-        multiple of p; kept as released because the checkpoints' latents are laid out on it.
+        multiple of p; kept as released because the checkpoints' latents are laid out on it. A
+        window is padded the same way (its size decides), so a latent's shape depends on the
+        output size alone.
         """
         p = self.patch_size
         if p == 1:
             return 0, 0
-        return p - int(hr_size[0]) % p, p - int(hr_size[1]) % p
+        h, w = output_hw(hr_size)
+        return p - h % p, p - w % p
 
     def query_grid(
         self,
-        hr_size: Sequence[int],
+        hr_size: Sequence[int] | HRWindow,
         batch: int = 1,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Query coordinates and cell for an HR image of size ``hr_size`` = (H, W).
+        """Query coordinates and cell for an HR image of size ``hr_size`` = (H, W), or for windows.
 
         Returns:
             tuple[Tensor, Tensor]: ``coord`` (B, Hq, Wq, 2) in ``(row, col)`` order and ``cell``
             (B, 2) = (2 / H, 2 / W). In patch mode ``coord`` is the pixel-centre grid of the HR
             image zero-padded as in :meth:`padding`, taken at each patch's centre pixel (queries
-            whose centre lies in the padding get (0, 0), as released).
+            whose centre lies in the padding get (0, 0), as released). For an :class:`HRWindow`
+            the coordinates are those of the window's pixels in the grid of its whole HR image, and
+            the cell is that of the whole image (per sample): what a decode of the whole image
+            would use at those pixels.
         """
-        h, w = (int(s) for s in hr_size)
         dtype = dtype or torch.get_default_dtype()
-        coord = make_coord((h, w), dtype=dtype, device=device)
+        coord = self.pixel_coords(hr_size, batch, dtype, device)
         p = self.patch_size
         if p > 1:
-            ph, pw = self.padding((h, w))
-            coord = F.pad(coord.permute(2, 0, 1), (0, pw, 0, ph))[:, p // 2 :: p, p // 2 :: p].permute(1, 2, 0)
-        cell = torch.tensor([2.0 / h, 2.0 / w], dtype=dtype, device=device)
-        return coord.unsqueeze(0).expand(batch, -1, -1, -1), cell.unsqueeze(0).expand(batch, -1)
+            ph, pw = self.padding(hr_size)
+            coord = F.pad(coord.permute(0, 3, 1, 2), (0, pw, 0, ph))[:, :, p // 2 :: p, p // 2 :: p].permute(0, 2, 3, 1)
+        if isinstance(hr_size, HRWindow):
+            cell = 2.0 / hr_size.full_size.to(device=device, dtype=dtype)
+        else:
+            h, w = output_hw(hr_size)
+            cell = torch.tensor([2.0 / h, 2.0 / w], dtype=dtype, device=device).unsqueeze(0).expand(batch, -1)
+        return coord, cell
 
-    def latent_shape(self, lq_shape: Sequence[int], out_size: Sequence[int] | None = None) -> tuple[int, ...]:
+    @staticmethod
+    def pixel_coords(
+        hr_size: Sequence[int] | HRWindow,
+        batch: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+        float32_grid: bool = True,
+    ) -> Tensor:
+        """Pixel-centre coordinates (B, H, W, 2) of an HR image of size ``hr_size``, or of each
+        window's pixels in its whole HR image (sliced from that image's grid, so a window equal to
+        its image gives the very same numbers). ``float32_grid``: see :func:`make_coord`."""
+        if not isinstance(hr_size, HRWindow):
+            coord = make_coord(output_hw(hr_size), dtype=dtype, device=device, float32_grid=float32_grid)
+            return coord.unsqueeze(0).expand(batch, -1, -1, -1)
+        if hr_size.batch != batch:
+            raise ValueError(f'LINFNet: HRWindow describes {hr_size.batch} images, but the batch has {batch}')
+        h, w = hr_size.size
+        coords = []
+        for (full_h, full_w), (top, left) in zip(hr_size.full_size.tolist(), hr_size.offset.tolist()):
+            grid = make_coord((full_h, full_w), dtype=dtype, device=device, float32_grid=float32_grid)
+            coords.append(grid[top : top + h, left : left + w])
+        return torch.stack(coords)
+
+    def latent_shape(self, lq_shape: Sequence[int], out_size: OutputSize = None) -> tuple[int, ...]:
         """Shape (B, 3 p^2, Hq, Wq) of the latent map for an LR of shape ``lq_shape`` and an HR
-        of size ``out_size`` (default: ``scale`` times the LR)."""
-        out_size = self._out_size(lq_shape, out_size)
-        return (int(lq_shape[0]), self.dim, *self.query_shape(out_size))
+        (or windows) of size ``out_size`` (default: ``scale`` times the LR)."""
+        target = self._target(lq_shape, out_size)
+        return (int(lq_shape[0]), self.dim, *self.query_shape(target))
 
     def latent_channels(self) -> list[int]:
         """Channels of the single latent map: ``3 * patch_size**2``."""
         return [self.dim]
 
-    def _out_size(self, lq_shape: Sequence[int], out_size: Sequence[int] | None) -> tuple[int, int]:
+    def _target(self, lq_shape: Sequence[int], out_size: OutputSize) -> tuple[int, int] | HRWindow:
+        """What the latents describe: a whole HR of size (H, W), or windows of larger HR images
+        (an :class:`HRWindow` that is not just whole images)."""
         if out_size is None:
             return int(lq_shape[-2]) * self.scale, int(lq_shape[-1]) * self.scale
+        if isinstance(out_size, HRWindow):
+            if out_size.batch != int(lq_shape[0]):
+                raise ValueError(
+                    f'LINFNet: out_size describes windows of {out_size.batch} images, but the LR batch has '
+                    f'{int(lq_shape[0])}'
+                )
+            return out_size.size if out_size.is_whole() else out_size
         if len(out_size) != 2 or min(int(s) for s in out_size) < 1:
             raise ValueError(f'LINFNet: out_size must be (H, W) with positive sides, got {tuple(out_size)}')
         return int(out_size[0]), int(out_size[1])
@@ -331,19 +372,19 @@ class LINFNet(FlowNet):
         return params.transpose(1, 2).reshape(b, -1, *grid)
 
     # ------------------------------------------------------------------ residuals and patches
-    def upsampled_lr(self, cond: LINFCondition, hr_size: Sequence[int]) -> Tensor:
-        """The bilinear base: the LR (network range) sampled at the HR pixel centres, border
-        padding, ``align_corners=False`` -> (B, in_nc, H, W)."""
+    def upsampled_lr(self, cond: LINFCondition, hr_size: Sequence[int] | HRWindow) -> Tensor:
+        """The bilinear base: the LR (network range) sampled at the HR pixel centres (of the whole
+        image, or of each window in its image), border padding, ``align_corners=False`` ->
+        (B, in_nc, H, W)."""
         return self._bilinear_base(cond.lr, hr_size)
 
-    @staticmethod
-    def _bilinear_base(lr: Tensor, hr_size: Sequence[int]) -> Tensor:
+    @classmethod
+    def _bilinear_base(cls, lr: Tensor, hr_size: Sequence[int] | HRWindow) -> Tensor:
         """``lr`` (any range) sampled bilinearly at the pixel centres of an HR grid of ``hr_size``."""
         # Computed in the working dtype (not a float32 grid): LINF's golden residuals are
         # reproduced to 1e-15 in float64 only this way, unlike the query coordinates.
-        coord = make_coord(tuple(int(s) for s in hr_size), dtype=lr.dtype, device=lr.device, float32_grid=False)
-        grid = coord.flip(-1).unsqueeze(0).expand(lr.shape[0], -1, -1, -1)
-        return F.grid_sample(lr, grid, mode='bilinear', padding_mode='border', align_corners=False)
+        coord = cls.pixel_coords(hr_size, lr.shape[0], lr.dtype, lr.device, float32_grid=False)
+        return F.grid_sample(lr, coord.flip(-1), mode='bilinear', padding_mode='border', align_corners=False)
 
     def to_patches(self, image: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C p^2, Hq, Wq): zero-pad as in :meth:`padding`, then one vector per
@@ -358,16 +399,20 @@ class LINFNet(FlowNet):
         kept; crop with ``[..., :H, :W]``)."""
         return patches if self.patch_size == 1 else F.pixel_shuffle(patches, self.patch_size)
 
-    def residual_patches(self, cond: LINFCondition, gt: Tensor, normalized: bool = False) -> Tensor:
+    def residual_patches(
+        self, cond: LINFCondition, gt: Tensor, normalized: bool = False, window: HRWindow | None = None
+    ) -> Tensor:
         """The flow's data: HR minus the bilinear base, as one vector per query (B, 3 p^2, Hq, Wq).
 
         Args:
             cond: :meth:`condition` of the LR.
             gt: HR batch (B, in_nc, H, W) in [0, 1] (or [-1, 1] with ``normalized``).
             normalized: ``gt`` is already in the network's range. Default: False.
+            window: Where ``gt`` sits in the HR images the LR covers (None: ``gt`` is the whole
+                HR). Default: None.
         """
         gt = gt if normalized else to_model_range(gt)
-        return self.to_patches(gt - self.upsampled_lr(cond, gt.shape[-2:]))
+        return self.to_patches(gt - self.upsampled_lr(cond, window if window is not None else gt.shape[-2:]))
 
     # ------------------------------------------------------------------ flow at the query grid
     def log_prob_patches(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -387,14 +432,21 @@ class LINFNet(FlowNet):
         """
         return self.imnet.decode(z.movedim(1, -1), params.movedim(1, -1), solve=solve).movedim(-1, 1)
 
-    def params_for(self, cond: LINFCondition, hr_size: Sequence[int], query_chunk: int | None = None) -> Tensor:
-        """:meth:`flow_params` on the query grid of an HR image of size ``hr_size``."""
+    def params_for(
+        self, cond: LINFCondition, hr_size: Sequence[int] | HRWindow, query_chunk: int | None = None
+    ) -> Tensor:
+        """:meth:`flow_params` on the query grid of an HR image of size ``hr_size`` (or of windows)."""
         coord, cell = self.query_grid(hr_size, cond.lr.shape[0], cond.lr.dtype, cond.lr.device)
         return self.flow_params(cond, coord, cell, query_chunk)
 
     # ------------------------------------------------------------------ image level
     def log_prob(
-        self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, query_chunk: int | None = None
+        self,
+        lq: Tensor,
+        gt: Tensor,
+        cond: FlowCondition | None = None,
+        query_chunk: int | None = None,
+        out_size: OutputSize = None,
     ) -> tuple[Tensor, Tensor]:
         """Log-density (natural log, network range, no dequantisation) of each query's residual
         vector, and the latent map.
@@ -404,19 +456,26 @@ class LINFNet(FlowNet):
             gt: HR batch (B, in_nc, H, W) in [0, 1], any size.
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
             query_chunk: Queries per chunk (None: the network's). Default: None.
+            out_size: None (``gt`` is the whole HR), or the :class:`HRWindow` that ``gt`` is.
+                Default: None.
 
         Returns:
             tuple[Tensor, Tensor]: log p (B, Hq, Wq) and z (B, 3 p^2, Hq, Wq). LINF's stage-1
             loss is ``-log_p.mean()``.
         """
         self._check_lq(lq)
-        self._check_gt(lq, gt)
+        target = self._gt_target(lq, gt, out_size)
         cond = self._resolve_cond(lq, cond)
-        x = self.residual_patches(cond, gt)
-        return self.log_prob_patches(x, self.params_for(cond, gt.shape[-2:], query_chunk))
+        x = self.residual_patches(cond, gt, window=target if isinstance(target, HRWindow) else None)
+        return self.log_prob_patches(x, self.params_for(cond, target, query_chunk))
 
     def encode(
-        self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, query_chunk: int | None = None
+        self,
+        lq: Tensor,
+        gt: Tensor,
+        cond: FlowCondition | None = None,
+        out_size: OutputSize = None,
+        query_chunk: int | None = None,
     ) -> Latents:
         """HR -> ``[z]`` with z the latent map (B, 3 p^2, Hq, Wq), deterministic.
 
@@ -424,16 +483,18 @@ class LINFNet(FlowNet):
             lq: LR batch (B, in_nc, h, w) in [0, 1].
             gt: HR batch (B, in_nc, H, W) in [0, 1]; its size fixes the query grid.
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: None (``gt`` is the whole HR), or the :class:`HRWindow` that ``gt`` is.
+                Default: None.
             query_chunk: Queries per chunk (None: the network's). Default: None.
         """
-        return [self.log_prob(lq, gt, cond, query_chunk)[1]]
+        return [self.log_prob(lq, gt, cond, query_chunk, out_size)[1]]
 
     def decode(
         self,
         lq: Tensor,
         latents: Latents,
         cond: FlowCondition | None = None,
-        out_size: Sequence[int] | None = None,
+        out_size: OutputSize = None,
         query_chunk: int | None = None,
     ) -> Tensor:
         """``[z]`` -> SR image in [0, 1] (not clamped) of size ``out_size``.
@@ -445,14 +506,15 @@ class LINFNet(FlowNet):
             lq: LR batch (B, in_nc, h, w) in [0, 1].
             latents: ``[z]`` with z of shape :meth:`latent_shape`.
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
-            out_size: HR size (H, W). Default: None (``scale`` times the LR).
+            out_size: HR size (H, W), or an :class:`HRWindow` (decode only those windows of the HR
+                images the LR covers). Default: None (``scale`` times the LR).
             query_chunk: Queries per chunk (None: the network's). Default: None.
         """
         self._check_lq(lq)
-        out_size = self._out_size(lq.shape, out_size)
-        self._check_latents(lq, latents, out_size)
+        target = self._target(lq.shape, out_size)
+        self._check_latents(lq, latents, target)
         cond = self._resolve_cond(lq, cond)
-        return from_model_range(self.decode_residual(cond, latents[0], out_size, query_chunk, with_base=True))
+        return from_model_range(self.decode_residual(cond, latents[0], target, query_chunk, with_base=True))
 
     def sample_latents(
         self,
@@ -460,7 +522,7 @@ class LINFNet(FlowNet):
         temperature: float,
         generator: torch.Generator | None = None,
         cond: FlowCondition | None = None,
-        out_size: Sequence[int] | None = None,
+        out_size: OutputSize = None,
     ) -> Latents:
         """``[z]`` of temperature sampling: z ~ N(0, temperature^2) at every query location,
         independently (as released; zeros at 0).
@@ -470,8 +532,8 @@ class LINFNet(FlowNet):
             temperature: Standard deviation tau.
             generator: Random generator (any device; the draw moves to lq's device). Default: None.
             cond: Checked against ``lq`` if given (sampling needs no conditioning). Default: None.
-            out_size: HR size (H, W) whose query grid the latent covers. Default: None
-                (``scale`` times the LR).
+            out_size: HR size (H, W) (or :class:`HRWindow`) whose query grid the latent covers.
+                Default: None (``scale`` times the LR).
 
         Returns:
             list[Tensor]: ``[z]`` of shape :meth:`latent_shape`.
@@ -488,13 +550,17 @@ class LINFNet(FlowNet):
         cond: FlowCondition | None = None,
         dequantize: bool = False,
         generator: torch.Generator | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """Negative log-likelihood of ``gt`` in bits per HR pixel, one value per image (B,).
 
         The density is the flow's, of the residual in the network's [-1, 1] range (so training by
-        it is LINF's stage-1 loss ``-log_p.mean()`` up to a constant factor). It is summed over
-        every query location, padding patches included (their padded entries are zeros, as in the
-        release's loss), and divided by the unpadded H * W of ``gt``.
+        it is LINF's stage-1 loss ``-log_p.mean()`` up to a constant factor), summed over every
+        query whose patch holds at least one pixel of ``gt`` and divided by the H * W of ``gt``.
+        Patches that lie wholly in the padding (the release's extra row / column when H or W is a
+        multiple of p) hold no pixel and are left out: LINF's patch training sees no padding (it
+        trains on patches around random HR pixels). Partly padded patches count, their padded
+        entries being zeros.
 
         With ``dequantize`` (inferred: ``LINF.md`` names no dequantisation), ``(U(0, 1) - 0.5) / 255``
         is added to ``gt`` in [0, 1] (only real pixels: the padding stays zero), and each of the
@@ -507,12 +573,14 @@ class LINFNet(FlowNet):
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
             dequantize: Add the dequantisation noise and its log-det term. Default: False.
             generator: Random generator of the noise (any device). Default: None.
+            out_size: None (``gt`` is the whole HR), or the :class:`HRWindow` that ``gt`` is (the
+                likelihood of the window given the LR of its whole image). Default: None.
 
         Returns:
             Tensor: Bits per HR pixel, shape (B,).
         """
         self._check_lq(lq)
-        self._check_gt(lq, gt)
+        target = self._gt_target(lq, gt, out_size)
         cond = self._resolve_cond(lq, cond)
         h, w = gt.shape[-2:]
         logdet = gt.new_zeros(gt.shape[0])
@@ -521,57 +589,84 @@ class LINFNet(FlowNet):
             noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
             gt = gt + (noise - 0.5) / 255.0
             logdet = logdet - math.log(255.0 * _DATA_STD) * gt[0].numel()
-        x = self.residual_patches(cond, gt)
-        log_p, _ = self.log_prob_patches(x, self.params_for(cond, (h, w)))
+        x = self.residual_patches(cond, gt, window=target if isinstance(target, HRWindow) else None)
+        log_p, _ = self.log_prob_patches(x, self.params_for(cond, target))
+        log_p = log_p * self.pixel_queries((h, w)).to(log_p.dtype)
         return -(log_p.flatten(1).sum(1) + logdet) / (math.log(2.0) * h * w)
 
-    def initial_prior(
-        self, lq: Tensor, cond: FlowCondition | None = None, out_size: Sequence[int] | None = None
-    ) -> Latents:
+    def pixel_queries(self, hr_size: Sequence[int] | HRWindow) -> Tensor:
+        """Bool map (Hq, Wq): the queries whose patch holds at least one HR pixel (all but the
+        wholly padded patches, see :meth:`padding`)."""
+        h, w = output_hw(hr_size)
+        hq, wq = self.query_shape((h, w))
+        p = self.patch_size
+        rows = torch.arange(hq) * p < h
+        cols = torch.arange(wq) * p < w
+        return rows[:, None] & cols[None, :]
+
+    def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """LINF-LP's initial latents z0: the encoding of the residual of the upsampled LR,
         ``r = up(y) - up(down(up(y)))``, not standardised.
 
         ``up`` is the flow's own bilinear base (grid_sample, border, align_corners False), so r is
         what :meth:`encode` would see for the HR ``up(y)`` with the LR ``down(up(y))``; ``down`` is an
         antialiased bicubic resize back to the LR size (inferred: the release's data use PIL
-        bicubic). The flow parameters are those of the real LR ``y``.
+        bicubic). The flow parameters are those of the real LR ``y``. For windows, ``down`` resizes
+        the whole HR image's ``up(y)`` and r is taken at the window's pixels.
 
         Args:
             lq: LR batch (B, in_nc, h, w) in [0, 1].
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
-            out_size: HR size (H, W). Default: None (``scale`` times the LR).
+            out_size: HR size (H, W) or :class:`HRWindow`. Default: None (``scale`` times the LR).
 
         Returns:
             list[Tensor]: ``[z0]`` of shape :meth:`latent_shape`.
         """
         self._check_lq(lq)
-        out_size = self._out_size(lq.shape, out_size)
+        target = self._target(lq.shape, out_size)
         cond = self._resolve_cond(lq, cond)
-        up = self.upsampled_lr(cond, out_size)
-        down = F.interpolate(up, size=tuple(lq.shape[-2:]), mode='bicubic', align_corners=False, antialias=True)
-        residual = self.to_patches(up - self._bilinear_base(down, out_size))
-        return [self.log_prob_patches(residual, self.params_for(cond, out_size))[1]]
+        up = self.upsampled_lr(cond, target)
+        down = self._down_of_up(cond, target, tuple(lq.shape[-2:]))
+        residual = self.to_patches(up - self._bilinear_base(down, target))
+        return [self.log_prob_patches(residual, self.params_for(cond, target))[1]]
+
+    def _down_of_up(self, cond: LINFCondition, target: tuple[int, int] | HRWindow, lr_size: tuple[int, int]) -> Tensor:
+        """``down(up(y))`` at the LR size; ``up`` of the whole HR image (per sample for windows,
+        whose images may differ in size)."""
+
+        def down(up: Tensor) -> Tensor:
+            return F.interpolate(up, size=lr_size, mode='bicubic', align_corners=False, antialias=True)
+
+        if not isinstance(target, HRWindow):
+            return down(self.upsampled_lr(cond, target))
+        ups = [self._bilinear_base(cond.lr[b : b + 1], tuple(full)) for b, full in enumerate(target.full_size.tolist())]
+        return torch.cat([down(up) for up in ups])
 
     def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
         """LINF has no data-dependent initialisation: never runs, returns False."""
         return False
 
     def forward(
-        self, lq: Tensor, gt: Tensor | None = None, latents: Latents | None = None, dequantize: bool = False
+        self,
+        lq: Tensor,
+        gt: Tensor | None = None,
+        latents: Latents | None = None,
+        dequantize: bool = False,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
-        :meth:`decode` of ``latents`` at ``scale`` (zeros, i.e. temperature 0, when None)."""
+        :meth:`decode` of ``latents`` at ``out_size`` (zeros, i.e. temperature 0, when None)."""
         if gt is not None:
-            return self.nll(lq, gt, dequantize=dequantize)
+            return self.nll(lq, gt, dequantize=dequantize, out_size=out_size)
         if latents is None:
-            latents = self.sample_latents(lq, 0.0)
-        return self.decode(lq, latents)
+            latents = self.sample_latents(lq, 0.0, out_size=out_size)
+        return self.decode(lq, latents, out_size=out_size)
 
     def decode_residual(
         self,
         cond: LINFCondition,
         z: Tensor,
-        out_size: Sequence[int],
+        out_size: Sequence[int] | HRWindow,
         query_chunk: int | None = None,
         with_base: bool = False,
         solve: bool = False,
@@ -579,22 +674,29 @@ class LINFNet(FlowNet):
         """Latent map -> HR residual (network range) folded and cropped to ``out_size``; with
         ``with_base`` the bilinear base is added (the SR image in the network's range)."""
         params = self.params_for(cond, out_size, query_chunk)
-        h, w = out_size
+        h, w = output_hw(out_size)
         residual = self.fold(self.decode_patches(z, params, solve=solve))[..., :h, :w]
         return residual + self.upsampled_lr(cond, out_size) if with_base else residual
 
-    def _check_gt(self, lq: Tensor, gt: Tensor) -> None:
+    def _gt_target(self, lq: Tensor, gt: Tensor, out_size: OutputSize) -> tuple[int, int] | HRWindow:
+        """Checks ``gt`` and returns what it is: a whole HR of its size, or the given windows."""
         if not isinstance(gt, Tensor) or gt.dim() != 4 or gt.shape[:2] != lq.shape[:2]:
             got = tuple(gt.shape) if isinstance(gt, Tensor) else type(gt).__name__
             raise ValueError(f'LINFNet expects an HR batch ({lq.shape[0]}, {self.in_nc}, H, W), got {got}')
+        if out_size is None:
+            return tuple(gt.shape[-2:])
+        target = self._target(lq.shape, out_size)
+        if output_hw(target) != tuple(gt.shape[-2:]):
+            raise ValueError(f'LINFNet: gt of size {tuple(gt.shape[-2:])} does not match out_size {output_hw(target)}')
+        return target
 
-    def _check_latents(self, lq: Tensor, latents: Latents, out_size: Sequence[int]) -> None:
-        expected = self.latent_shape(lq.shape, out_size)
+    def _check_latents(self, lq: Tensor, latents: Latents, target: Sequence[int] | HRWindow) -> None:
+        expected = (int(lq.shape[0]), self.dim, *self.query_shape(target))
         got = [tuple(z.shape) for z in latents] if isinstance(latents, (list, tuple)) else latents
         if got != [expected]:
             raise ValueError(
                 f'LINFNet expects latents [{expected}] for an LR of shape {tuple(lq.shape)} and an output '
-                f'of size {tuple(out_size)}, got {got}'
+                f'of size {output_hw(target)}, got {got}'
             )
 
     def clear_inverse_cache(self) -> None:

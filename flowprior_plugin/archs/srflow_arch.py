@@ -42,7 +42,7 @@ from flowprior_plugin.archs.flow_net_base import (
     shape_dim,
     state_dict_shapes,
 )
-from flowprior_plugin.flow_protocol import FlowCondition, Latents
+from flowprior_plugin.flow_protocol import FlowCondition, Latents, OutputSize
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
     Conv2dActNorm,
@@ -653,19 +653,21 @@ class SRFlowNet(ActNormFlowNet):
                 couplings[idx] = layer.affine.condition(ft)
         return SRFlowCondition(lq_shape=tuple(lq.shape), features=features, couplings=couplings)
 
-    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None) -> Latents:
+    def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """HR -> latents ``[split eps (level 1), ..., top z]``, deterministic (no dequantisation noise).
 
         Args:
             lq: LR batch (B, in_nc, h, w).
             gt: HR batch (B, out_nc, h*scale, w*scale).
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
+            out_size: None, or a whole-image ``HRWindow`` (a fixed-scale flow). Default: None.
 
         Returns:
             list[Tensor]: The latents, in the release's order.
         """
         self._check_lq(lq)
         self._check_gt(lq, gt)
+        self._check_out_size(lq, out_size)
         cond = self._resolve_cond(lq, cond)
         logdet = gt.new_zeros(gt.shape[0])
         return self._run_encode(gt, logdet, cond)[0]
@@ -675,7 +677,7 @@ class SRFlowNet(ActNormFlowNet):
         lq: Tensor,
         latents: Latents,
         cond: FlowCondition | None = None,
-        out_size: Sequence[int] | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """Latents -> SR image (not clamped); differentiable w.r.t. the latents.
 
@@ -705,6 +707,7 @@ class SRFlowNet(ActNormFlowNet):
         cond: FlowCondition | None = None,
         dequantize: bool = False,
         generator: torch.Generator | None = None,
+        out_size: OutputSize = None,
     ) -> Tensor:
         """Negative log-likelihood of ``gt`` given ``lq`` in bits per HR pixel, shape (B,).
 
@@ -718,11 +721,12 @@ class SRFlowNet(ActNormFlowNet):
             dequantize: Add U(-0.5, 0.5)/quant noise to gt and its ``-log(quant) * H * W`` log-det
                 term, as in likelihood training. Default: False.
             generator: Random generator of the noise. Default: None.
+            out_size: None, or a whole-image ``HRWindow`` (a fixed-scale flow). Default: None.
 
         Returns:
             Tensor: Bits per pixel, one per image.
         """
-        gt, cond, logdet = self._start_nll(lq, gt, cond, dequantize, generator)
+        gt, cond, logdet = self._start_nll(lq, gt, cond, dequantize, generator, out_size)
         latents, logdet = self._run_encode(gt, logdet, cond)
         objective = logdet + gaussian_log_prob(latents[-1])
         return self._bits_per_pixel(objective, gt)

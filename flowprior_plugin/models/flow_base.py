@@ -25,7 +25,8 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from torch import Tensor
 
-from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError
+from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
+from flowprior_plugin.flow_protocol import HRWindow, OutputSize
 
 DEFAULT_TEMPERATURES = (0.9,)
 
@@ -115,7 +116,7 @@ class FlowBaseModel(SRModel):
         lq: Tensor,
         cond,
         generator: torch.Generator,
-        out_size: tuple[int, int] | None,
+        out_size: OutputSize,
     ) -> list[Tensor]:
         """The latents one method decodes; here temperature sampling (``tau<t>``)."""
         temperature = {method_name(t): t for t in self.temperatures()}[method]
@@ -126,7 +127,7 @@ class FlowBaseModel(SRModel):
         lq: Tensor,
         methods: list[str],
         generator: torch.Generator,
-        out_size: tuple[int, int] | None = None,
+        out_size: OutputSize = None,
     ) -> dict[str, Tensor]:
         """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, of size
         ``out_size`` (None: the flow's ``lq * scale``); one conditioning serves every method."""
@@ -149,9 +150,30 @@ class FlowBaseModel(SRModel):
         """The flow network (bare, unwrapped)."""
         raise NotImplementedError
 
-    def _out_size(self) -> tuple[int, int] | None:
-        """HR size of the current batch for the flow's ``out_size``: the gt's size for an
-        arbitrary-scale flow when a gt is loaded, else None (``lq * scale``)."""
+    def feed_data(self, data):
+        """BasicSR's feed_data, plus the HR windows of datasets that say where ``gt`` sits in the
+        HR image the LR covers (``hr_size`` and ``window``, as :class:`ArbitraryScaleSRDataset`)."""
+        super().feed_data(data)
+        self.hr_window = None
+        if 'gt' in data and 'hr_size' in data and 'window' in data:
+            window = HRWindow.from_batch(self.gt, data['hr_size'].to(self.device), data['window'].to(self.device))
+            if window.is_whole():
+                return
+            if not self.flow.arbitrary_scale:
+                raise OptionError(
+                    f'{type(self.flow).__name__} is a fixed-scale flow: it trains on whole HR crops, but the dataset '
+                    f'gives {window.size} windows of larger HR crops (hr_size {window.full_size[0].tolist()}); '
+                    'set gt_size = lq_size * scale with scale_min = scale_max = scale'
+                )
+            self.hr_window = window
+
+    def _out_size(self) -> OutputSize:
+        """What the flow's ``out_size`` is for the current batch: the HR windows when the gt is a
+        window of a larger HR image, the gt's size for an arbitrary-scale flow, else None
+        (``lq * scale``)."""
+        window = getattr(self, 'hr_window', None)
+        if window is not None:
+            return window
         if self.flow.arbitrary_scale and hasattr(self, 'gt'):
             return int(self.gt.shape[-2]), int(self.gt.shape[-1])
         return None
@@ -163,6 +185,11 @@ class FlowBaseModel(SRModel):
         if out_size is None:
             out_h, out_w = self.lq.shape[-2] * flow.scale, self.lq.shape[-1] * flow.scale
             padded_size = None  # the flow's own lq * scale of the padded LR
+        elif isinstance(out_size, HRWindow):
+            if lq.shape != self.lq.shape:  # an arbitrary-scale flow takes any LR (lr_multiple 1)
+                raise ValueError(f'HR windows need an LR without padding; got an LR of {tuple(self.lq.shape)}')
+            out_h, out_w = out_size.size
+            padded_size = out_size
         else:
             out_h, out_w = out_size
             # The padded LR covers more area: ask for the HR of that area (same scale), crop after.
@@ -216,6 +243,7 @@ class FlowBaseModel(SRModel):
             if hasattr(self, 'gt'):
                 del self.gt
             del self.lq
+            self.hr_window = None
 
         summary = summarize(rows, methods, list(metrics_opt))
         self._record_metrics(summary, dataset_name, current_iter, metrics_opt, tb_logger)

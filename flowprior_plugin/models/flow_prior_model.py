@@ -19,7 +19,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor
 
 from flowprior_plugin.errors import OptionError
-from flowprior_plugin.flow_protocol import check_flow_protocol
+from flowprior_plugin.flow_protocol import OutputSize, check_flow_protocol
 from flowprior_plugin.models.flow_base import FlowBaseModel
 
 INITIAL_PRIORS = ('encoded_upsample', 'zeros', 'gaussian')
@@ -128,9 +128,10 @@ class FlowPriorModel(FlowBaseModel):
         lq: Tensor,
         cond,
         generator: torch.Generator | None = None,
-        out_size: tuple[int, int] | None = None,
+        out_size: OutputSize = None,
     ) -> list[Tensor]:
-        """z0 as chosen by ``initial_prior.type``, for an HR of size ``out_size`` (None: lq * scale)."""
+        """z0 as chosen by ``initial_prior.type``, for an HR of size ``out_size`` (None: lq * scale;
+        or HR windows)."""
         kind = self.initial_prior_opt['type']
         if kind == 'encoded_upsample':
             return self.net_flow.initial_prior(lq, cond=cond, out_size=out_size)
@@ -139,11 +140,11 @@ class FlowPriorModel(FlowBaseModel):
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
-        out_size = self._out_size()  # the gt's size for an arbitrary-scale flow
+        out_size = self._out_size()  # the gt's size (or its HR windows) for an arbitrary-scale flow
         with torch.no_grad():  # everything the frozen flow computes without the prior
             cond = self.net_flow.condition(self.lq)
             z0 = self.initial_prior(self.lq, cond, out_size=out_size)
-            target = self.net_flow.encode(self.lq, self.gt, cond=cond) if self.cri_latent else None
+            target = self.net_flow.encode(self.lq, self.gt, cond=cond, out_size=out_size) if self.cri_latent else None
         latents = self.net_g(self.lq, z0)
         loss_dict = OrderedDict()
         l_total = 0

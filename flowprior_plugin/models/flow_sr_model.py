@@ -75,7 +75,7 @@ class FlowSRModel(FlowBaseModel):
             self._first_batch()
         self.optimizer_g.zero_grad()
         # Call through the (possibly DDP-wrapped) module: forward(lq, gt) is the flow's nll.
-        nll = self.net_g(self.lq, self.gt, dequantize=True).mean()
+        nll = self.net_g(self.lq, self.gt, dequantize=True, out_size=self._out_size()).mean()
         loss_dict = OrderedDict(l_nll=nll.detach())
         if torch.isfinite(nll):
             (self.nll_weight * nll).backward()

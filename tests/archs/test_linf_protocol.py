@@ -90,7 +90,11 @@ def test_nll_bits_per_pixel_and_forward():
     bits = net.nll(lq, gt)
     assert bits.shape == (2,) and torch.isfinite(bits).all()
     log_p, _ = net.log_prob(lq, gt)
-    assert torch.allclose(bits, -log_p.flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
+    # 24 rows: the release pads a whole extra patch row (no pixel in it), left out of the NLL;
+    # 20 columns: the last patch column holds 2 real columns, kept.
+    assert log_p.shape == (2, 9, 7)
+    assert torch.allclose(bits, -log_p[:, :8].flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
+    assert not torch.allclose(bits, -log_p.flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
     # Dequantisation: the discrete 8-bit term, 3 values per pixel of a 1/255 bin in [-1, 1].
     g = torch.Generator().manual_seed(0)
     deq = net.nll(lq, gt, dequantize=True, generator=g)

@@ -163,3 +163,77 @@ def test_prior_model_validates_at_a_fixed_scale(tmp_path, scale, hr_size):
         assert math.isfinite(entry['psnr']) and math.isfinite(entry['lr_psnr'])
     root = tmp_path / 'experiments' / 'linf_prior' / 'visualization' / f'x{scale}'
     assert len(list((root / 'prior').glob('*.png'))) == 2
+
+
+def _window_loader(tmp_path, gt_size: int = 9, lq_size: int = 6, batch: int = 3):
+    """Training batches of BasicSR's loader over ArbitraryScaleSRDataset: mixed scales, HR windows."""
+    data = write_paired_images(tmp_path / 'hr_pool', count=3, hr_size=(40, 40), scale=4)
+    dataset_opt = {
+        'name': 'windows',
+        'type': 'ArbitraryScaleSRDataset',
+        'dataroot_gt': str(data / 'hr'),
+        'phase': 'train',
+        'scale_min': 1.5,
+        'scale_max': 4.0,
+        'gt_size': gt_size,
+        'lq_size': lq_size,
+        'num_worker_per_gpu': 0,
+        'batch_size_per_gpu': batch,
+        'scale': 4,
+    }
+    return build_dataloader(build_dataset(dataset_opt), dataset_opt, num_gpu=0, dist=False, seed=0)
+
+
+def test_window_batches_train_both_stages(tmp_path):
+    """Stage 1 and stage 2 on random-scale windows: the flow sees each window in its whole HR crop."""
+    torch.manual_seed(0)
+    batch = next(iter(_window_loader(tmp_path)))
+    assert batch['lq'].shape == (3, 3, 6, 6) and batch['gt'].shape == (3, 3, 9, 9)
+    assert len(set(batch['hr_size'][:, 0].tolist())) > 1, 'expected mixed scales in one batch'
+
+    model = flow_model(tmp_path)
+    model.feed_data(batch)
+    window = model._out_size()
+    assert window.size == (9, 9) and torch.equal(window.full_size, batch['hr_size'])
+    expected = model.net_g.nll(model.lq, model.gt, out_size=window).mean()
+    assert not torch.allclose(expected, model.net_g.nll(model.lq, model.gt).mean())  # the window matters
+    model.optimize_parameters(1)
+    assert math.isfinite(float(model.log_dict['l_nll']))
+
+    prior = prior_model(
+        tmp_path / 'prior',
+        train=_train_opt(
+            latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0},
+            perceptual_opt={
+                'type': 'VGGPerceptualLoss',
+                'layer_weights': {'conv1_2': 1.0},
+                'vgg_type': 'vgg19',
+                'random_weights_for_tests': True,
+            },
+        ),
+    )
+    before = {k: v.clone() for k, v in prior.net_g.state_dict().items()}
+    prior.feed_data(batch)
+    prior.optimize_parameters(1)
+    assert math.isfinite(float(prior.log_dict['l_latent'])) and math.isfinite(float(prior.log_dict['l_percep']))
+    assert any(not torch.equal(v, before[k]) for k, v in prior.net_g.state_dict().items())
+
+
+def test_fixed_scale_flow_refuses_window_batches_clearly(tmp_path):
+    from conftest import TINY_SRFLOW
+
+    from flowprior_plugin.errors import OptionError
+
+    batch = next(iter(_window_loader(tmp_path, gt_size=8, lq_size=6)))
+    opt = {
+        'name': 'srflow',
+        'model_type': 'FlowSRModel',
+        'scale': 4,
+        'network_g': dict(TINY_SRFLOW),
+        'path': {},
+        'train': _train_opt(),
+        'val': {'temperatures': [0.0]},
+    }
+    model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
+    with pytest.raises(OptionError, match='fixed-scale flow.*gt_size = lq_size \\* scale'):
+        model.feed_data(batch)
