@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -221,3 +222,56 @@ def finalize_options(opt: dict, root: Path, is_train: bool) -> dict:
         dataset['phase'] = phase.split('_')[0]
         dataset['scale'] = opt.get('scale', 4)
     return opt
+
+
+# ---------------------------------------------------------------- shrinking real option files
+TINY_FLOWS = {
+    'SRFlowNet': {'nf': 8, 'nb': 2, 'gc': 4, 'K': 1, 'hidden_channels': 8, 'stacked_blocks': [0, 1]},
+    'HCFlowNet': {'nf': 8, 'nb': 1, 'gc': 4, 'K': 2, 'n_additional_steps': 1, 'hidden_channels': 8},
+    'LINFNet': {k: v for k, v in TINY_LINF.items() if k in ('hidden_dim', 'flow_layers', 'mlp_layers')},
+}
+TINY_LINF_ENCODERS = {'edsr_baseline': {'nf': 8, 'num_blocks': 1}, 'rrdb': {'nf': 8, 'nb': 1, 'gc': 4}}
+# Image side of the tiny data: fixed-scale files need 4 LR pixels; the arbitrary-scale dataset needs
+# room for HR crops up to scale_max * lq_size (its LR is made from the HR files).
+ARBITRARY_SCALE_HR = 64
+TINY_GENERATORS = {
+    'UNet': {'depth': 2, 'width': 8},
+    'SwinT': {'embed_dim': 24, 'depths': [1, 1], 'num_heads': [3, 6], 'window_size': 4, 'head_channels': [12]},
+    'EDSRBaseline': {'num_blocks': 1, 'width': 8},
+}
+
+
+def shrink_options(opt: dict, data: Path) -> dict:
+    """Tiny networks, tiny data, random VGG; everything else as in the file."""
+    opt = copy.deepcopy(opt)
+    opt['num_gpu'] = 0
+    scale = opt['scale']
+    for key in ('network_g', 'network_flow'):
+        section = opt.get(key)
+        if section and section['type'] in TINY_FLOWS:
+            section.update(TINY_FLOWS[section['type']])
+            if section['type'] == 'LINFNet':
+                section['encoder_opt'] = TINY_LINF_ENCODERS[section['encoder']]
+        elif section and section['type'] == 'LatentPriorNet':
+            section.update(prior_features=8, lr_features=8)
+            generator = section['generator']
+            generator.update(TINY_GENERATORS[generator['type']])
+    for dataset in opt['datasets'].values():
+        dataset.update(dataroot_gt=str(data / 'hr'), dataroot_lq=str(data / 'lr'), filename_tmpl='{}')
+        dataset.update(num_worker_per_gpu=0, batch_size_per_gpu=2, gt_size=4 * scale, prefetch_mode=None)
+        if dataset['type'] == 'ArbitraryScaleSRDataset':
+            dataset.update(lq_size=16, gt_size=16, repeat=1)  # room for the UNet and VGG19 conv5_4
+    for key in list(opt['path']):
+        if key.startswith('pretrain_network_'):
+            opt['path'][key] = None
+    for metric in ((opt.get('val') or {}).get('metrics') or {}).values():
+        if metric['type'] == 'calculate_lpips':
+            metric['allow_download'] = False  # tests never download
+    perceptual = (opt.get('train') or {}).get('perceptual_opt')
+    if perceptual:
+        perceptual.update(random_weights_for_tests=True, weights_path=None)
+    return opt
+
+
+def uses_arbitrary_scale_data(opt: dict) -> bool:
+    return any(d['type'] == 'ArbitraryScaleSRDataset' for d in opt['datasets'].values())

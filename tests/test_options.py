@@ -3,7 +3,6 @@ and each builds its model and runs a step (train) or a validation (test) with ti
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from pathlib import Path
@@ -13,7 +12,14 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from conftest import REPO_ROOT, finalize_options, write_paired_images
+from conftest import (
+    ARBITRARY_SCALE_HR,
+    REPO_ROOT,
+    finalize_options,
+    shrink_options,
+    uses_arbitrary_scale_data,
+    write_paired_images,
+)
 
 from flowprior_plugin.option_checks import check_options
 
@@ -24,15 +30,6 @@ OFFICIAL = {
     'srflow_CelebA_8X.yml': 'srflow_CelebA_8X_keys.txt',
     'hcflow_DF2K_4X.yml': 'hcflow_SR_DF2K_4X_keys.txt',
     'hcflow_CelebA_8X.yml': 'hcflow_SR_CelebA_8X_keys.txt',
-}
-TINY_FLOWS = {
-    'SRFlowNet': {'nf': 8, 'nb': 2, 'gc': 4, 'K': 1, 'hidden_channels': 8, 'stacked_blocks': [0, 1]},
-    'HCFlowNet': {'nf': 8, 'nb': 1, 'gc': 4, 'K': 2, 'n_additional_steps': 1, 'hidden_channels': 8},
-}
-TINY_GENERATORS = {
-    'UNet': {'depth': 2, 'width': 8},
-    'SwinT': {'embed_dim': 24, 'depths': [1, 1], 'num_heads': [3, 6], 'window_size': 4, 'head_channels': [12]},
-    'EDSRBaseline': {'num_blocks': 1, 'width': 8},
 }
 
 
@@ -78,40 +75,13 @@ def test_official_architectures_match_key_lists(name, reference_dir):
     assert sum(v.numel() for v in net.state_dict().values()) == total
 
 
-def _shrink(opt: dict, data: Path) -> dict:
-    """Tiny networks, tiny data, random VGG; everything else as in the file."""
-    opt = copy.deepcopy(opt)
-    opt['num_gpu'] = 0
-    scale = opt['scale']
-    for key in ('network_g', 'network_flow'):
-        section = opt.get(key)
-        if section and section['type'] in TINY_FLOWS:
-            section.update(TINY_FLOWS[section['type']])
-        elif section and section['type'] == 'LatentPriorNet':
-            section.update(prior_features=8, lr_features=8)
-            generator = section['generator']
-            generator.update(TINY_GENERATORS[generator['type']])
-    for dataset in opt['datasets'].values():
-        dataset.update(dataroot_gt=str(data / 'hr'), dataroot_lq=str(data / 'lr'), filename_tmpl='{}')
-        dataset.update(num_worker_per_gpu=0, batch_size_per_gpu=2, gt_size=4 * scale, prefetch_mode=None)
-    for key in list(opt['path']):
-        if key.startswith('pretrain_network_'):
-            opt['path'][key] = None
-    for metric in ((opt.get('val') or {}).get('metrics') or {}).values():
-        if metric['type'] == 'calculate_lpips':
-            metric['allow_download'] = False  # tests never download
-    perceptual = (opt.get('train') or {}).get('perceptual_opt')
-    if perceptual:
-        perceptual.update(random_weights_for_tests=True, weights_path=None)
-    return opt
-
-
 @pytest.mark.parametrize('path', OPTION_FILES, ids=_ids(OPTION_FILES))
 def test_every_option_file_builds_and_runs_tiny(path, tmp_path):
     opt = yaml.safe_load(path.read_text())
     is_train = 'train' in opt
-    data = write_paired_images(tmp_path / 'data', count=2, hr_size=(4 * opt['scale'],) * 2, scale=opt['scale'])
-    opt = finalize_options(_shrink(opt, data), tmp_path, is_train=is_train)
+    side = ARBITRARY_SCALE_HR if uses_arbitrary_scale_data(opt) else 4 * opt['scale']
+    data = write_paired_images(tmp_path / 'data', count=2, hr_size=(side, side), scale=opt['scale'])
+    opt = finalize_options(shrink_options(opt, data), tmp_path, is_train=is_train)
     model = build_model(opt)
     phase = 'train' if is_train else next(iter(opt['datasets']))
     dataset_opt = opt['datasets'][phase]
@@ -123,3 +93,33 @@ def test_every_option_file_builds_and_runs_tiny(path, tmp_path):
     else:
         model.validation(loader, current_iter=0, tb_logger=None, save_img=False)
         assert model.validation_summary[0]['images'] == 2
+
+
+def test_linf_options_follow_the_release():
+    """The LINF files carry the released hyper-parameters (LINF.md / METHOD.md), not test values."""
+    stage1 = yaml.safe_load((REPO_ROOT / 'options' / 'linf_patch_edsr_baseline.yml').read_text())
+    train = stage1['datasets']['train']
+    assert (train['scale_min'], train['scale_max'], train['lq_size'], train['batch_size_per_gpu']) == (1.0, 4.0, 48, 16)
+    assert stage1['train']['optim_g']['lr'] == 1e-4 and stage1['network_g']['patch_size'] == 3
+    assert stage1['train']['scheduler']['milestones'] == [200000, 400000, 600000, 800000]
+    prior = yaml.safe_load((REPO_ROOT / 'options' / 'linf_prior.yml').read_text())
+    train = prior['datasets']['train']
+    assert (train['lq_size'], train['gt_size'], train['scale_max'], train['lr_resize']) == (96, 96, 4.0, 'pil')
+    assert prior['network_g']['lr_encoder_stride'] == 3 and prior['initial_prior']['type'] == 'encoded_upsample'
+    assert prior['train']['perceptual_opt']['layer_weights'] == {'conv5_4': 1.0}
+    assert prior['train']['latent_opt']['loss_weight'] == 0.0
+    test = yaml.safe_load((REPO_ROOT / 'options' / 'test_linf_prior.yml').read_text())
+    scales = [(d['test_scale'], d['group']) for d in test['datasets'].values()]
+    assert scales == [(2, 'in-distribution'), (3, 'in-distribution'), (4, 'in-distribution')] + [
+        (s, 'out-of-distribution') for s in (6, 8, 12)
+    ]
+    assert {'psnr', 'ssim', 'lr_psnr', 'lpips', 'seam'} <= set(test['val']['metrics'])
+
+
+@pytest.mark.parametrize('name', ['linf_patch_edsr_baseline.yml', 'linf_patch_rrdb.yml'])
+def test_linf_option_files_match_the_official_key_lists(name, reference_dir):
+    opt = yaml.safe_load((REPO_ROOT / 'options' / name).read_text())
+    encoder = opt['network_g']['encoder']
+    expected = read_keys(reference_dir / f'linf_linf_patch_{encoder}_keys.txt')
+    net = build_network(opt['network_g'])
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == expected

@@ -250,6 +250,7 @@ class FlowBaseModel(SRModel):
         logger.info(format_summary(summary, dataset_name, current_iter, skipped))
         if not self.opt['is_train']:
             self._write_test_tables(rows, summary, dataset_name, skipped)
+            self._write_run_table(dataloader.dataset.opt, summary, skipped)
         self.validation_summary = summary
 
     def _metric(self, name: str, metric_opt: dict, data: dict, skipped: dict[str, str]) -> float:
@@ -296,6 +297,41 @@ class FlowBaseModel(SRModel):
         with open(osp.join(root, f'summary_{dataset_name}.json'), 'w') as handle:
             json.dump({'dataset': dataset_name, 'methods': summary, 'skipped_metrics': skipped}, handle, indent=2)
         get_root_logger().info(f'Per-image metrics: {csv_path}; summary: summary_{dataset_name}.md')
+
+    def _write_run_table(self, dataset_opt: dict, summary: list[dict], skipped: dict[str, str]) -> None:
+        """``summary.md`` / ``summary.json``: every test set of this run in one table (rewritten after
+        each set), with its scale and its optional ``group`` (e.g. in- / out-of-distribution), so a
+        multi-scale test reads as one comparison."""
+        if not hasattr(self, '_run_rows'):  # the first test set of this run
+            self._run_rows: list[dict] = []
+            self._run_skipped: dict[str, str] = {}
+        scale = _fmt_scale(dataset_opt.get('test_scale', dataset_opt.get('scale')))
+        head = OrderedDict(dataset=dataset_opt['name'], scale=scale, group=str(dataset_opt.get('group', '')))
+        self._run_rows.extend(OrderedDict(**head, **entry) for entry in summary)
+        self._run_skipped.update(skipped)
+        root = self.opt['path']['results_root']
+        with open(osp.join(root, 'summary.json'), 'w') as handle:
+            run = {'name': self.opt['name'], 'rows': self._run_rows, 'skipped_metrics': self._run_skipped}
+            json.dump(run, handle, indent=2)
+        with open(osp.join(root, 'summary.md'), 'w') as handle:
+            handle.write(format_run_table(self._run_rows, self.opt['name'], self._run_skipped))
+
+
+def _fmt_scale(scale) -> str:
+    if scale is None:
+        return ''
+    return f'x{float(scale):g}'
+
+
+def format_run_table(rows: list[dict], name: str, skipped: dict[str, str]) -> str:
+    """Markdown table of every test set and method of a run (the keys of the first row are the columns)."""
+    columns = list(rows[0].keys()) if rows else []
+    lines = [f'# {name}: all test sets', '', '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    for row in rows:
+        lines.append('| ' + ' | '.join(_fmt(row.get(c, math.nan)) for c in columns) + ' |')
+    for metric, reason in skipped.items():
+        lines.append(f'\n{metric} skipped: {reason}')
+    return '\n'.join(lines) + '\n'
 
 
 def summarize(rows: list[dict], methods: list[str], metric_names: list[str]) -> list[dict]:
