@@ -45,8 +45,14 @@ Facts settled by the golden vectors of the release (float64, 1e-12 relative or b
 Protocol choices (:mod:`flowprior_plugin.flow_protocol`) that the release does not fix:
 
 - :meth:`LINFNet.nll` is the density of the residual in the network's [-1, 1] range, summed over
-  every query (padding patches included, as in the release's ``-log_p.mean()``) and divided by
-  the unpadded H * W; dequantisation (not described in ``LINF.md``) is inferred;
+  every query whose patch holds an HR pixel (the wholly padded extra row / column of the release's
+  padding is left out: LINF's own patch training never sees padding) and divided by H * W;
+  dequantisation (not described in ``LINF.md``) is inferred;
+- windows (:class:`~flowprior_plugin.flow_protocol.HRWindow`, for training on crops as LINF-LP
+  does): a window's queries get the coordinates of its pixels in its whole HR image and that
+  image's cell, its bilinear base samples the LR there, and it is padded to whole patches like an
+  image of the window's size, so a window starting on the patch grid has exactly the latents,
+  log-densities and decode of those patches of the whole image;
 - :meth:`LINFNet.initial_prior` downsamples with bicubic ``F.interpolate`` (antialiased), inferred
   as the tensor counterpart of the PIL bicubic resize of LINF's data.
 

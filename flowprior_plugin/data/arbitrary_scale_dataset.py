@@ -147,6 +147,8 @@ class ArbitraryScaleSRDataset(data.Dataset):
             * ``test_scale`` (float): Fixed scale for 'val' / 'test'. Default: ``scale``.
             * ``scale`` (float): Filled in by BasicSR from the top-level ``scale``; the fixed scale for
               'val' / 'test' when ``test_scale`` is absent, ignored in training.
+            * ``group`` (str): Not read here: a free label (e.g. 'in-distribution') that the flow
+              models print beside this test set in the run's ``summary.md``. Default: none.
 
     Raises:
         OptionError: An option is missing or out of range, or ``dataroot_gt`` is not a folder of

@@ -4,7 +4,15 @@ A flow model evaluates several *methods* on every validation image: temperature 
 each ``val.temperatures`` value (``tau0.9``) and, for the learned prior, ``prior``. Every method
 gets the same metrics, its own images, and a count of images with non-finite pixels (the
 exploding inverse), so a NaN image is counted, not a crash. Test runs also write a per-image CSV
-and a summary table (markdown and JSON) under ``results/<name>/``.
+and a summary table (markdown and JSON) per test set under ``results/<name>/``, and
+``summary.md`` / ``summary.json`` with every test set of the run in one table: its name, scale
+(``test_scale``, else ``scale``) and ``group`` (an optional free label of the dataset options, e.g.
+``in-distribution``), so a test at several scales reads as one comparison.
+
+Datasets that give ``hr_size`` and ``window`` (``ArbitraryScaleSRDataset``) make the gt a window
+of a larger HR image; the models then pass an :class:`~flowprior_plugin.flow_protocol.HRWindow` as
+the flow's ``out_size`` (arbitrary-scale flows only; a fixed-scale flow is refused with a clear
+error).
 """
 
 from __future__ import annotations
