@@ -9,7 +9,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from flowprior_plugin.flow_protocol import check_flow_protocol
+from flowprior_plugin.errors import OptionError
+from flowprior_plugin.flow_protocol import HRWindow, check_flow_protocol
 from flowprior_plugin.models.flow_base import FlowBaseModel
 
 
@@ -74,8 +75,16 @@ class FlowSRModel(FlowBaseModel):
         if not self._first_batch_done:
             self._first_batch()
         self.optimizer_g.zero_grad()
+        out_size = self._out_size()
+        if isinstance(out_size, HRWindow) and isinstance(self.net_g, DataParallel):
+            # DataParallel splits tensors but copies other objects whole to every GPU, so each
+            # replica would get the windows of the whole batch; DDP gives each process its own batch.
+            raise OptionError(
+                'training on HR windows (ArbitraryScaleSRDataset) with num_gpu > 1 needs distributed training: '
+                'torchrun --nproc_per_node=N -m flowprior_plugin train -opt ... --launcher pytorch'
+            )
         # Call through the (possibly DDP-wrapped) module: forward(lq, gt) is the flow's nll.
-        nll = self.net_g(self.lq, self.gt, dequantize=True, out_size=self._out_size()).mean()
+        nll = self.net_g(self.lq, self.gt, dequantize=True, out_size=out_size).mean()
         loss_dict = OrderedDict(l_nll=nll.detach())
         if torch.isfinite(nll):
             (self.nll_weight * nll).backward()

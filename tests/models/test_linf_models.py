@@ -237,3 +237,14 @@ def test_fixed_scale_flow_refuses_window_batches_clearly(tmp_path):
     model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
     with pytest.raises(OptionError, match='fixed-scale flow.*gt_size = lq_size \\* scale'):
         model.feed_data(batch)
+
+
+def test_window_training_under_data_parallel_asks_for_ddp(tmp_path):
+    from flowprior_plugin.errors import OptionError
+
+    model = flow_model(tmp_path)
+    model.feed_data(next(iter(_window_loader(tmp_path))))
+    model._first_batch_done = True
+    model.net_g = torch.nn.DataParallel(model.net_g)  # what BasicSR does with num_gpu > 1 and no launcher
+    with pytest.raises(OptionError, match='--launcher pytorch'):
+        model.optimize_parameters(1)
