@@ -42,19 +42,29 @@ Facts settled by the golden vectors of the release (float64, 1e-12 relative or b
 - a patch's 27 values are ordered channel * 9 + 3 * row + column (``pixel_unshuffle`` /
   ``pixel_shuffle`` order).
 
-Protocol choices (:mod:`flowprior_plugin.flow_protocol`) that the release does not fix:
+Facts read from the public LINF and LINF-LP training / test code (not in ``LINF.md``):
+
+- LINF's stage-1 loss is ``-log_p.mean()`` of the residual with no dequantisation noise, so
+  :meth:`LINFNet.nll` adds none by default (``dequantization: uniform`` is an opt-in);
+- LINF-LP's initial prior resizes with ``F.interpolate(..., mode='bilinear', align_corners=False)``
+  both ways (no antialiasing): ``up(y)`` to the HR size, ``down`` to the LR size, ``up`` again;
+  on crops it is computed on the whole crop and then cut to the window;
+- the patch grid is padded only when a side is not a multiple of p (LINF-LP's data, which the
+  released prior was trained and tested on). LINF's own test data pad ``p - H mod p`` rows, a
+  whole extra row of patches when H is a multiple of p (what ``LINF.md`` describes); those extra
+  queries sit at the coordinate (0, 0) and are cropped away after decoding, so the two layouts
+  decode the same image; only the shape of the latent map differs.
+
+Protocol choices (:mod:`flowprior_plugin.flow_protocol`) that the releases do not fix:
 
 - :meth:`LINFNet.nll` is the density of the residual in the network's [-1, 1] range, summed over
-  every query whose patch holds an HR pixel (the wholly padded extra row / column of the release's
-  padding is left out: LINF's own patch training never sees padding) and divided by H * W;
-  dequantisation (not described in ``LINF.md``) is inferred;
+  every query and divided by H * W, in bits;
 - windows (:class:`~flowprior_plugin.flow_protocol.HRWindow`, for training on crops as LINF-LP
   does): a window's queries get the coordinates of its pixels in its whole HR image and that
   image's cell, its bilinear base samples the LR there, and it is padded to whole patches like an
   image of the window's size, so a window starting on the patch grid has exactly the latents,
-  log-densities and decode of those patches of the whole image;
-- :meth:`LINFNet.initial_prior` downsamples with bicubic ``F.interpolate`` (antialiased), inferred
-  as the tensor counterpart of the PIL bicubic resize of LINF's data.
+  log-densities and decode of those patches of the whole image (LINF-LP's training windows are
+  96 x 96: whole patches, no padding).
 
 The per-pixel model (``patch_size`` 1) has no golden vectors; it is the same code with D = 3, no
 padding and one query per HR pixel centre, and its key lists and parameter totals are checked.
@@ -83,6 +93,7 @@ from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFl
 from flowprior_plugin.layers.rrdb_encoder import RRDBEncoder
 
 ENCODERS = ('edsr_baseline', 'rrdb')
+DEQUANTIZATIONS = ('none', 'uniform')
 # Default encoder sizes: those of the released checkpoints.
 _ENCODER_DEFAULTS: dict[str, dict[str, int]] = {
     'edsr_baseline': dict(nf=64, num_blocks=16),
@@ -143,8 +154,8 @@ class LINFNet(FlowNet):
     (the per-location flow of ``3 * patch_size**2`` values).
 
     Latents: one map (B, 3 p^2, Hq, Wq) with one vector per query location: per HR pixel for
-    ``patch_size`` 1 (Hq, Wq = H, W); per 3x3 patch of the HR grid zero-padded by
-    ``p - H mod p`` rows and ``p - W mod p`` columns for ``patch_size`` p > 1 (Hq = H // p + 1).
+    ``patch_size`` 1 (Hq, Wq = H, W); per 3x3 patch of the HR grid zero-padded to whole patches
+    for ``patch_size`` p > 1 (Hq = ceil(H / p)).
 
     Args:
         encoder (str): ``'edsr_baseline'`` or ``'rrdb'``. Default: 'edsr_baseline'.
@@ -161,6 +172,10 @@ class LINFNet(FlowNet):
             Default: None.
         scale (int): Default upscaling factor when a decode is given no output size (the network
             itself works at any scale). Default: 4.
+        dequantization (str): What ``nll(dequantize=True)`` (likelihood training) adds: 'none' (as
+            LINF's release, which trains on the 8-bit values as they are) or 'uniform' (uniform
+            noise of one 8-bit step and its log-det, so the NLL is in discrete bits per pixel).
+            Default: 'none'.
     """
 
     lr_multiple = 1
@@ -180,8 +195,14 @@ class LINFNet(FlowNet):
         encoder_opt: Mapping[str, int] | None = None,
         query_chunk: int | None = None,
         scale: int = 4,
+        dequantization: str = 'none',
     ) -> None:
         super().__init__()
+        if dequantization not in DEQUANTIZATIONS:
+            raise ValueError(
+                f'LINFNet: dequantization must be one of {", ".join(DEQUANTIZATIONS)}, got {dequantization!r}'
+            )
+        self.dequantization = dequantization
         if encoder not in ENCODERS:
             raise ValueError(f'LINFNet: unknown encoder {encoder!r}; known: {", ".join(ENCODERS)}')
         if not isinstance(patch_size, int) or patch_size < 1:
@@ -228,23 +249,18 @@ class LINFNet(FlowNet):
         """(Hq, Wq): the query grid of an HR image (or window) of size ``hr_size`` = (H, W)."""
         h, w = output_hw(hr_size)
         p = self.patch_size
-        if p == 1:
-            return h, w
-        return h // p + 1, w // p + 1
+        return -(-h // p), -(-w // p)  # ceil: whole patches over the (padded) grid
 
     def padding(self, hr_size: Sequence[int] | HRWindow) -> tuple[int, int]:
         """Rows and columns of zeros added below and right of the HR grid (patch mode only).
 
-        The release pads ``p - (H mod p)``, so a whole extra row of patches when H is already a
-        multiple of p; kept as released because the checkpoints' latents are laid out on it. A
-        window is padded the same way (its size decides), so a latent's shape depends on the
-        output size alone.
+        Only what whole patches need, ``(-H) mod p``, as LINF-LP's data pad (see the module
+        docstring for LINF's own extra row). A window is padded the same way (its size decides),
+        so a latent's shape depends on the output size alone.
         """
-        p = self.patch_size
-        if p == 1:
-            return 0, 0
         h, w = output_hw(hr_size)
-        return p - h % p, p - w % p
+        p = self.patch_size
+        return (-h) % p, (-w) % p
 
     def query_grid(
         self,
@@ -505,8 +521,8 @@ class LINFNet(FlowNet):
     ) -> Tensor:
         """``[z]`` -> SR image in [0, 1] (not clamped) of size ``out_size``.
 
-        The latent map alone cannot say the HR size in patch mode (H = 3 Hq - 3 .. 3 Hq - 1), so it
-        is an argument. Differentiable w.r.t. the latents; changes no parameter or buffer.
+        The latent map alone cannot say the HR size in patch mode (H = 3 Hq - 2 .. 3 Hq), so it is
+        an argument. Differentiable w.r.t. the latents; changes no parameter or buffer.
 
         Args:
             lq: LR batch (B, in_nc, h, w) in [0, 1].
@@ -560,24 +576,21 @@ class LINFNet(FlowNet):
     ) -> Tensor:
         """Negative log-likelihood of ``gt`` in bits per HR pixel, one value per image (B,).
 
-        The density is the flow's, of the residual in the network's [-1, 1] range (so training by
-        it is LINF's stage-1 loss ``-log_p.mean()`` up to a constant factor), summed over every
-        query whose patch holds at least one pixel of ``gt`` and divided by the H * W of ``gt``.
-        Patches that lie wholly in the padding (the release's extra row / column when H or W is a
-        multiple of p) hold no pixel and are left out: LINF's patch training sees no padding (it
-        trains on patches around random HR pixels). Partly padded patches count, their padded
-        entries being zeros.
+        The density is the flow's, of the residual in the network's [-1, 1] range, summed over
+        every query and divided by the H * W of ``gt``; training by it is LINF's stage-1 loss
+        ``-log_p.mean()`` up to a constant factor. Being a density of continuous values it can be
+        negative. Partly padded patches count, their padded entries being zeros.
 
-        With ``dequantize`` (inferred: ``LINF.md`` names no dequantisation), ``(U(0, 1) - 0.5) / 255``
-        is added to ``gt`` in [0, 1] (only real pixels: the padding stays zero), and each of the
-        3 H W values gets the log-det ``-log(127.5)`` of a 1/255 bin in the [-1, 1] range, so the
-        result is the discrete bits per pixel of 8-bit images.
+        ``dequantize`` (likelihood training) follows ``dequantization``: 'none' (the release) adds
+        nothing; 'uniform' adds ``(U(0, 1) - 0.5) / 255`` to ``gt`` in [0, 1] (real pixels only) and
+        the log-det ``-log(127.5)`` of a 1/255 bin in the [-1, 1] range per value, so the result is
+        the discrete bits per pixel of 8-bit images.
 
         Args:
             lq: LR batch (B, in_nc, h, w) in [0, 1].
             gt: HR batch (B, in_nc, H, W) in [0, 1], any size.
             cond: ``condition(lq)`` to reuse; computed when None. Default: None.
-            dequantize: Add the dequantisation noise and its log-det term. Default: False.
+            dequantize: Apply the ``dequantization`` of likelihood training. Default: False.
             generator: Random generator of the noise (any device). Default: None.
             out_size: None (``gt`` is the whole HR), or the :class:`HRWindow` that ``gt`` is (the
                 likelihood of the window given the LR of its whole image). Default: None.
@@ -590,35 +603,25 @@ class LINFNet(FlowNet):
         cond = self._resolve_cond(lq, cond)
         h, w = gt.shape[-2:]
         logdet = gt.new_zeros(gt.shape[0])
-        if dequantize:
+        if dequantize and self.dequantization == 'uniform':
             device = generator.device if generator is not None else gt.device
             noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
             gt = gt + (noise - 0.5) / 255.0
             logdet = logdet - math.log(255.0 * _DATA_STD) * gt[0].numel()
         x = self.residual_patches(cond, gt, window=target if isinstance(target, HRWindow) else None)
         log_p, _ = self.log_prob_patches(x, self.params_for(cond, target))
-        log_p = log_p * self.pixel_queries((h, w)).to(log_p.dtype)
         return -(log_p.flatten(1).sum(1) + logdet) / (math.log(2.0) * h * w)
-
-    def pixel_queries(self, hr_size: Sequence[int] | HRWindow) -> Tensor:
-        """Bool map (Hq, Wq): the queries whose patch holds at least one HR pixel (all but the
-        wholly padded patches, see :meth:`padding`)."""
-        h, w = output_hw(hr_size)
-        hq, wq = self.query_shape((h, w))
-        p = self.patch_size
-        rows = torch.arange(hq) * p < h
-        cols = torch.arange(wq) * p < w
-        return rows[:, None] & cols[None, :]
 
     def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """LINF-LP's initial latents z0: the encoding of the residual of the upsampled LR,
         ``r = up(y) - up(down(up(y)))``, not standardised.
 
-        ``up`` is the flow's own bilinear base (grid_sample, border, align_corners False), so r is
-        what :meth:`encode` would see for the HR ``up(y)`` with the LR ``down(up(y))``; ``down`` is an
-        antialiased bicubic resize back to the LR size (inferred: the release's data use PIL
-        bicubic). The flow parameters are those of the real LR ``y``. For windows, ``down`` resizes
-        the whole HR image's ``up(y)`` and r is taken at the window's pixels.
+        ``up`` is the flow's own bilinear base (grid_sample, border, align_corners False: the same
+        numbers as the release's ``F.interpolate(mode='bilinear')``), so r is what :meth:`encode`
+        would see for the HR ``up(y)`` with the LR ``down(up(y))``; ``down`` is a bilinear resize back
+        to the LR size without antialiasing, as released. The flow parameters are those of the real
+        LR ``y``. For windows, ``down`` resizes the whole HR image's ``up(y)`` and r is taken at the
+        window's pixels (as the release computes it on the whole crop).
 
         Args:
             lq: LR batch (B, in_nc, h, w) in [0, 1].
@@ -641,7 +644,7 @@ class LINFNet(FlowNet):
         whose images may differ in size)."""
 
         def down(up: Tensor) -> Tensor:
-            return F.interpolate(up, size=lr_size, mode='bicubic', align_corners=False, antialias=True)
+            return F.interpolate(up, size=lr_size, mode='bilinear', align_corners=False)
 
         if not isinstance(target, HRWindow):
             return down(self.upsampled_lr(cond, target))

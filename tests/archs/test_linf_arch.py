@@ -146,17 +146,21 @@ def test_golden_vectors_of_the_release(reference_dir, golden_weights, encoder):
 # ---------------------------------------------------------------- geometry
 
 
-def test_query_grid_and_padding_quirk():
+def test_query_grid_and_padding():
     net = LINFNet(patch_size=3, encoder_opt={'num_blocks': 0}, **TINY)
-    # A multiple of 3 still gets a whole extra patch row/column (as released).
-    assert net.padding((42, 57)) == (3, 3) and net.query_shape((42, 57)) == (15, 20)
+    # Padded only as whole patches need (LINF-LP's data; LINF's own test data add a whole row).
+    assert net.padding((42, 57)) == (0, 0) and net.query_shape((42, 57)) == (14, 19)
     assert net.padding((40, 56)) == (2, 1) and net.query_shape((40, 56)) == (14, 19)
     coord, cell = net.query_grid((42, 57), batch=2, dtype=torch.float64)
-    assert coord.shape == (2, 15, 20, 2) and cell.shape == (2, 2)
-    assert torch.equal(coord[:, -1], torch.zeros(2, 20, 2, dtype=torch.float64))  # all-padding row: (0, 0)
-    assert torch.equal(coord[:, :, -1], torch.zeros(2, 15, 2, dtype=torch.float64))
+    assert coord.shape == (2, 14, 19, 2) and cell.shape == (2, 2)
     assert torch.allclose(coord[0, 0, 0], torch.tensor([-1 + 3 / 42, -1 + 3 / 57], dtype=torch.float64))
+    assert torch.allclose(coord[0, -1, -1], torch.tensor([-1 + 81 / 42, -1 + 111 / 57], dtype=torch.float64))
     assert torch.allclose(cell[0], torch.tensor([2 / 42, 2 / 57], dtype=torch.float64))
+    coord, _ = net.query_grid((40, 56), batch=2, dtype=torch.float64)
+    # The last patch row is centred on padding row 40: (0, 0) as released; the last column's
+    # centre (column 55) is a real pixel.
+    assert torch.equal(coord[:, -1], torch.zeros(2, 19, 2, dtype=torch.float64))
+    assert torch.allclose(coord[0, 0, -1], torch.tensor([-1 + 3 / 40, -1 + 111 / 56], dtype=torch.float64))
 
     pixel = LINFNet(patch_size=1, encoder_opt={'num_blocks': 0}, **TINY)
     assert pixel.padding((42, 57)) == (0, 0) and pixel.query_shape((41, 57)) == (41, 57)

@@ -42,7 +42,7 @@ def test_sample_latents_shapes_and_zeros(patch_size, out_size):
     expected = net.latent_shape(lq.shape, out_size)
     size = out_size or (24, 20)
     if patch_size == 3:
-        assert expected == (2, 27, size[0] // 3 + 1, size[1] // 3 + 1)
+        assert expected == (2, 27, -(-size[0] // 3), -(-size[1] // 3))  # whole patches, padded as needed
     else:
         assert expected == (2, 3, *size)
     zeros = net.sample_latents(lq, 0.0, out_size=out_size)
@@ -70,18 +70,27 @@ def test_decode_and_initial_prior_respect_out_size(out_size):
 
 
 def test_initial_prior_is_the_encoding_of_the_lp_residual():
-    # r = up(y) - up(down(up(y))): encode() of the HR up(y) on the LR down(up(y)), with the
-    # flow parameters of the real LR.
+    # LINF-LP's recipe, written with F.interpolate as its data code does (bilinear, align_corners
+    # False, no antialiasing): r = up(y) - up(down(up(y))) in [-1, 1], encoded with the flow
+    # parameters of the real LR.
     net = _linf().double().eval()
     lq, _ = _lr_hr()
     lq = lq.double()
+
+    def resize(x, size):
+        return torch.nn.functional.interpolate(x, size=size, mode='bilinear', align_corners=False)
+
     with torch.no_grad():
         cond = net.condition(lq)
-        up = net.upsampled_lr(cond, (24, 20))
-        down = torch.nn.functional.interpolate(up, size=(6, 5), mode='bicubic', align_corners=False, antialias=True)
-        residual = net.to_patches(up - net._bilinear_base(down, (24, 20)))
+        up = resize(lq * 2 - 1, (24, 20))
+        residual = net.to_patches(up - resize(resize(up, (6, 5)), (24, 20)))
         expected = net.log_prob_patches(residual, net.params_for(cond, (24, 20)))[1]
-        assert torch.allclose(net.initial_prior(lq, cond=cond)[0], expected, atol=1e-12)
+        assert torch.allclose(net.initial_prior(lq, cond=cond)[0], expected, atol=1e-10)
+        # Not the antialiased bicubic "down" this package used before reading the release.
+        bicubic = torch.nn.functional.interpolate(up, size=(6, 5), mode='bicubic', antialias=True)
+        other = net.to_patches(up - resize(bicubic, (24, 20)))
+        other = net.log_prob_patches(other, net.params_for(cond, (24, 20)))[1]
+        assert not torch.allclose(other, expected, atol=1e-3)
 
 
 def test_nll_bits_per_pixel_and_forward():
@@ -90,15 +99,19 @@ def test_nll_bits_per_pixel_and_forward():
     bits = net.nll(lq, gt)
     assert bits.shape == (2,) and torch.isfinite(bits).all()
     log_p, _ = net.log_prob(lq, gt)
-    # 24 rows: the release pads a whole extra patch row (no pixel in it), left out of the NLL;
-    # 20 columns: the last patch column holds 2 real columns, kept.
-    assert log_p.shape == (2, 9, 7)
-    assert torch.allclose(bits, -log_p[:, :8].flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
-    assert not torch.allclose(bits, -log_p.flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
-    # Dequantisation: the discrete 8-bit term, 3 values per pixel of a 1/255 bin in [-1, 1].
+    # 24 rows: 8 whole patches; 20 columns: 7 patches, the last one padded by one column.
+    assert log_p.shape == (2, 8, 7)
+    assert torch.allclose(bits, -log_p.flatten(1).sum(1) / (math.log(2) * 24 * 20), rtol=1e-5)
+    # LINF's release trains without dequantisation: by default likelihood training adds nothing.
+    assert torch.equal(net.nll(lq, gt, dequantize=True), bits)
+    # Opt-in uniform dequantisation: the discrete 8-bit term, 3 values per pixel of a 1/255 bin in [-1, 1].
+    uniform = build_network(dict(TINY_LINF, dequantization='uniform'))
+    uniform.load_state_dict(net.state_dict())
     g = torch.Generator().manual_seed(0)
-    deq = net.nll(lq, gt, dequantize=True, generator=g)
+    deq = uniform.nll(lq, gt, dequantize=True, generator=g)
     assert torch.allclose(deq - bits, torch.full_like(bits, 3 * math.log2(127.5)), atol=0.05)
+    with pytest.raises(ValueError, match='dequantization must be one of none, uniform'):
+        build_network(dict(TINY_LINF, dequantization='gaussian'))
     assert torch.equal(net(lq, gt), bits)
     assert tuple(net(lq).shape) == (2, 3, 24, 20)
     with pytest.raises(ValueError, match='HR batch'):
