@@ -125,6 +125,22 @@ class FlowNet(CheckpointCheckedModule):
 
     condition_type: ClassVar[type[FlowCondition]]
 
+    def forward(
+        self,
+        lq: Tensor,
+        gt: Tensor | None = None,
+        latents: Latents | None = None,
+        dequantize: bool = False,
+        out_size: OutputSize = None,
+    ) -> Tensor:
+        """With ``gt``: ``nll`` (so likelihood training can go through DDP's forward); else
+        ``decode`` of ``latents`` at ``out_size`` (zeros, i.e. temperature 0, when None)."""
+        if gt is not None:
+            return self.nll(lq, gt, dequantize=dequantize, out_size=out_size)
+        if latents is None:
+            latents = self.sample_latents(lq, 0.0, out_size=out_size)
+        return self.decode(lq, latents, out_size=out_size)
+
     def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> FlowCondition:
         """``cond`` checked against ``lq``, or ``condition(lq)`` when None."""
         if cond is None:
@@ -317,22 +333,6 @@ class ActNormFlowNet(FlowNet):
         finally:
             self.train(was_training)
         return True
-
-    def forward(
-        self,
-        lq: Tensor,
-        gt: Tensor | None = None,
-        latents: Latents | None = None,
-        dequantize: bool = False,
-        out_size: OutputSize = None,
-    ) -> Tensor:
-        """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
-        :meth:`decode` of ``latents`` (zeros, i.e. temperature 0, when None)."""
-        if gt is not None:
-            return self.nll(lq, gt, dequantize=dequantize, out_size=out_size)
-        if latents is None:
-            latents = self.sample_latents(lq, 0.0)
-        return self.decode(lq, latents)
 
 
 # ---------------------------------------------------------------------- architecture descriptions

@@ -655,22 +655,6 @@ class LINFNet(FlowNet):
         """LINF has no data-dependent initialisation: never runs, returns False."""
         return False
 
-    def forward(
-        self,
-        lq: Tensor,
-        gt: Tensor | None = None,
-        latents: Latents | None = None,
-        dequantize: bool = False,
-        out_size: OutputSize = None,
-    ) -> Tensor:
-        """With ``gt``: :meth:`nll` (so likelihood training can go through DDP's forward); else
-        :meth:`decode` of ``latents`` at ``out_size`` (zeros, i.e. temperature 0, when None)."""
-        if gt is not None:
-            return self.nll(lq, gt, dequantize=dequantize, out_size=out_size)
-        if latents is None:
-            latents = self.sample_latents(lq, 0.0, out_size=out_size)
-        return self.decode(lq, latents, out_size=out_size)
-
     def decode_residual(
         self,
         cond: LINFCondition,
