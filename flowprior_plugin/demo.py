@@ -1,12 +1,14 @@
-"""The offline end-to-end demo: real photos -> SRFlow by likelihood -> learned prior -> report.
+"""The offline end-to-end demo: real photos -> flows by likelihood -> learned priors -> report.
 
-    python -m flowprior_plugin.demo            # about ten minutes on two CPU cores
+    python -m flowprior_plugin.demo            # about eleven minutes on two CPU cores
     python -m flowprior_plugin.demo --quick    # a few iterations per stage (CI)
 
-Every stage runs the ordinary ``basicsr train|test`` command on ordinary option files in
-``options/demo/``; nothing here trains or evaluates by itself. The demo only makes the dataset,
-runs the three commands in turn with their progress, and writes ``results/demo/report.md`` (table,
-plot, image grids) from what the test run measured.
+Two routes on the same photos, each three stages: SRFlow at x4 (likelihood, learned prior, test),
+then LINF's 3x3-patch model at arbitrary scale (likelihood and learned prior on random scales in
+[1, 4], test at x2-x12). Every stage runs the ordinary ``basicsr train|test`` command on ordinary
+option files in ``options/demo/``; nothing here trains or evaluates by itself. The demo only makes
+the dataset, runs the six commands in turn with their progress, and writes
+``results/demo/report.md`` (tables, plots, image grids) from what the two test runs measured.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ DATASET_ROOT = Path('datasets/demo_photos')
 REPORT_DIR = Path('results/demo')
 STAGE1, STAGE2, TEST = 'srflow_demo.yml', 'srflow_prior_demo.yml', 'test_srflow_prior_demo.yml'
 STAGE1_NAME, STAGE2_NAME, TEST_NAME = 'demo_srflow', 'demo_srflow_prior', 'demo_test'
+LINF1, LINF2, LINF_TEST = 'linf_demo.yml', 'linf_prior_demo.yml', 'test_linf_prior_demo.yml'
+LINF1_NAME, LINF2_NAME, LINF_TEST_NAME = 'demo_linf', 'demo_linf_prior', 'demo_linf_test'
 VAL_NAME, SEEN_NAME = 'demo_val', 'demo_seen'
+STEPS = 7  # the dataset, then three basicsr stages per route
 QUICK_TRAIN = ['train:total_iter=6', 'logger:print_freq=2', 'datasets:train:batch_size_per_gpu=4']
 _ITER_LINE = re.compile(r'iter:\s*([\d,]+).*?\[eta:\s*([^,]+),.*?\]\s*(.*)$')
 
@@ -78,17 +83,30 @@ def _logged_losses(experiment: str, name: str) -> list[float]:
     return [float(v) for v in re.findall(rf'{name}: ([-+\d.eE]+)', logs[-1].read_text())]
 
 
+def _linf_summary(options: Path) -> dict:
+    """What the report says about the LINF route's setup, read from its two training option files."""
+    import yaml
+
+    flow = yaml.safe_load((options / LINF1).read_text())
+    prior = yaml.safe_load((options / LINF2).read_text())
+    return {
+        'network': flow['network_g'],
+        'data': flow['datasets']['train'],
+        'generator': prior['network_g']['generator'],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m flowprior_plugin.demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true', help='a few iterations per stage (CI check)')
     parser.add_argument('--options-dir', type=Path, default=None, help='folder of the demo option files')
     args = parser.parse_args(argv)
     options = args.options_dir or default_options_dir()
-    if not (options / STAGE1).is_file():
+    if not all((options / name).is_file() for name in (STAGE1, STAGE2, TEST, LINF1, LINF2, LINF_TEST)):
         raise SystemExit(f'[demo] no demo option files in {options}: run from the source tree or use --options-dir')
     started = time.time()
 
-    say(f'step 1/4: dataset from photos shipped with scikit-image and matplotlib -> {DATASET_ROOT}/')
+    say(f'step 1/{STEPS}: dataset from photos shipped with scikit-image and matplotlib -> {DATASET_ROOT}/')
     spec = DemoDatasetSpec()
     _, reused = build_demo_dataset(DATASET_ROOT, spec)
     n_train = len(list((DATASET_ROOT / 'train' / 'HR').glob('*.png')))
@@ -100,14 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     cli = [sys.executable, '-m', 'flowprior_plugin']
     force = ['--force_yml', *QUICK_TRAIN] if args.quick else []
     timings = {}
-    iters = {STAGE1: _total_iter(options / STAGE1, args.quick), STAGE2: _total_iter(options / STAGE2, args.quick)}
-    timings['stage1'] = run_stage(
-        'step 2/4 (SRFlow, likelihood)', [*cli, 'train', '-opt', str(options / STAGE1), *force], iters[STAGE1]
-    )
-    timings['stage2'] = run_stage(
-        'step 3/4 (learned prior, frozen flow)', [*cli, 'train', '-opt', str(options / STAGE2), *force], iters[STAGE2]
-    )
-    timings['test'] = run_stage('step 4/4 (evaluation)', [*cli, 'test', '-opt', str(options / TEST)], None)
+    iters = {name: _total_iter(options / name, args.quick) for name in (STAGE1, STAGE2, LINF1, LINF2)}
+    # (timing key, step label, basicsr command, option file): SRFlow's route first, then LINF's.
+    stages = [
+        ('stage1', 'SRFlow, likelihood', 'train', STAGE1),
+        ('stage2', 'SRFlow learned prior, frozen flow', 'train', STAGE2),
+        ('test', 'SRFlow evaluation, x4', 'test', TEST),
+        ('linf1', 'LINF, likelihood', 'train', LINF1),
+        ('linf2', 'LINF learned prior, frozen flow', 'train', LINF2),
+        ('linf_test', 'LINF evaluation, x2-x12', 'test', LINF_TEST),
+    ]
+    for step, (key, label, command, opt_file) in enumerate(stages, start=2):
+        extra = force if command == 'train' else []
+        timings[key] = run_stage(
+            f'step {step}/{STEPS} ({label})',
+            [*cli, command, '-opt', str(options / opt_file), *extra],
+            iters.get(opt_file),  # None for the tests: no iterations to count
+        )
 
     from flowprior_plugin.demo_report import write_report
 
@@ -117,14 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         dataset_root=DATASET_ROOT,
         out_dir=REPORT_DIR,
         seen_dataset_name=SEEN_NAME,
+        linf_results=Path('results', LINF_TEST_NAME),
         context={
             'quick': args.quick,
             'spec': spec,
             'train_patches': n_train,
-            'iterations': {'stage1': iters[STAGE1], 'stage2': iters[STAGE2]},
+            'iterations': {
+                'stage1': iters[STAGE1],
+                'stage2': iters[STAGE2],
+                'linf1': iters[LINF1],
+                'linf2': iters[LINF2],
+            },
             'timings': timings,
             'nll': _logged_losses(STAGE1_NAME, 'l_nll'),
             'latent': _logged_losses(STAGE2_NAME, 'l_latent'),
+            'linf_nll': _logged_losses(LINF1_NAME, 'l_nll'),
+            'linf_latent': _logged_losses(LINF2_NAME, 'l_latent'),
+            'linf_options': _linf_summary(options),
         },
     )
     say(f'finished in {math.ceil(time.time() - started)} s. Report: {report}')
