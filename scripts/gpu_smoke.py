@@ -45,6 +45,7 @@ def main() -> int:
     num_gpu = 0 if args.cpu else 1
     # Before anything imports basicsr: BasicSR 1.4.2 needs the plugin's torchvision stand-in.
     import flowprior_plugin  # noqa: F401
+
     srflow_checks(args, num_gpu)
     linf_checks(args, num_gpu)
     print('gpu_smoke: OK')
