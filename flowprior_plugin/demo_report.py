@@ -24,10 +24,11 @@ METRIC_LABELS = {
     'lr_psnr': 'LR-PSNR (dB)',
     'lpips': 'LPIPS',
     'seam': 'seam ratio',
+    'periodicity': 'grid periodicity',
 }
-LOWER_IS_BETTER = {'lpips', 'seam'}
+LOWER_IS_BETTER = {'lpips', 'seam', 'periodicity'}
 # The LINF table's columns, in order (LPIPS is left out offline; it is reported as skipped).
-LINF_COLUMNS = ('psnr', 'ssim', 'lr_psnr', 'seam')
+LINF_COLUMNS = ('psnr', 'ssim', 'lr_psnr', 'seam', 'periodicity')
 # The LINF zoomed crops are shown at this scale (the largest the LINF stages train on) and at the largest
 # scale tested (out of distribution, where the flow and the prior meet scales they never saw).
 LINF_GRID_SCALE = 'x4'
@@ -314,7 +315,7 @@ def linf_table(rows: list[dict]) -> list[str]:
 
     Returns:
         Header, separator and one line per scale and method: scale, group, method, PSNR, SSIM,
-        LR-PSNR, seam ratio, images with non-finite pixels.
+        LR-PSNR, seam ratio, grid periodicity, images with non-finite pixels.
     """
     header = ['scale', 'group', 'method', *[METRIC_LABELS[m] for m in LINF_COLUMNS], 'non-finite images']
     table = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -353,7 +354,10 @@ def linf_findings(rows: list[dict], skipped: dict[str, str]) -> list[str]:
     groups = list(dict.fromkeys(r.get('group') or 'all scales' for r in rows))
     for metric in LINF_COLUMNS:
         label = METRIC_LABELS[metric]
-        note = ' (lower is better; about 1 means no seams on the 3×3 grid)' if metric == 'seam' else ''
+        note = {
+            'seam': ' (lower is better; about 1 means no seams on the 3×3 grid)',
+            'periodicity': ' (lower is better; about 0 means no pattern repeated in every 3×3 patch)',
+        }.get(metric, '')
         parts = []
         for group in groups:
             scales = [s for s in _scales(rows) if (_row(rows, s, 'prior').get('group') or 'all scales') == group]
@@ -432,7 +436,8 @@ def linf_findings(rows: list[dict], skipped: dict[str, str]) -> list[str]:
 
 
 def plot_linf_scales(rows: list[dict], path: Path) -> None:
-    """Plot PSNR and the seam ratio against the scale, one line per method, out of distribution shaded.
+    """Plot PSNR, the seam ratio and the grid periodicity against the scale, one line per method, out of
+    distribution shaded.
 
     Args:
         rows: Rows of :func:`load_linf_run`.
@@ -449,8 +454,9 @@ def plot_linf_scales(rows: list[dict], path: Path) -> None:
     taus = [m for m in methods if _tau(m) is not None]
     colours = plt.cm.viridis(np.linspace(0.15, 0.85, max(len(taus), 1)))
     in_dist = [_scale_value(r['scale']) for r in rows if r.get('group') == 'in-distribution']
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ('psnr', 'seam')):
+    panels = [m for m in ('psnr', 'seam', 'periodicity') if any(_valid(r.get(m, math.nan)) for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, metric in zip(np.atleast_1d(axes), panels):
         for method in methods:
             ys = [_row(rows, s, method).get(metric, math.nan) for s in scales]
             if method == 'prior':
@@ -467,7 +473,8 @@ def plot_linf_scales(rows: list[dict], path: Path) -> None:
         ax.set_xticklabels(scales)
         ax.minorticks_off()
         ax.set_xlabel('scale')
-        ax.set_ylabel(METRIC_LABELS[metric] + (' (1 = no seams, lower is better)' if metric == 'seam' else ''))
+        hint = {'seam': ' (1 = no seams, lower is better)', 'periodicity': ' (0 = none, lower is better)'}
+        ax.set_ylabel(METRIC_LABELS[metric] + hint.get(metric, ''))
         ax.set_title(f'LINF: {METRIC_LABELS[metric]} against scale (held-out photos)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -527,6 +534,8 @@ def linf_zoom_grid(results: Path, dataset_root: Path, rows: list[dict], scale: s
                 numbers.append(f'{float(row["psnr"]):.2f} dB')
             if row.get('seam'):
                 numbers.append(f'seam {float(row["seam"]):.3f}')
+            if row.get('periodicity'):
+                numbers.append(f'per. {float(row["periodicity"]):.3f}')
             panels.append((_method_label(method).replace(' = ', '=') + '\n' + ', '.join(numbers), sr))
         for ax, (title, picture) in zip(axes[i], panels):
             ax.imshow(_zoom(picture, top, left), interpolation='nearest')
@@ -542,8 +551,9 @@ def linf_zoom_grid(results: Path, dataset_root: Path, rows: list[dict], scale: s
     return dataset
 
 
-def hr_seam_ratio(results: Path, dataset_root: Path, dataset: str) -> float:
-    """Mean grid-seam ratio of the held-out HR photos themselves: what a seam-free result scores.
+def hr_grid_scores(results: Path, dataset_root: Path, dataset: str) -> tuple[float, float]:
+    """Mean grid-seam ratio and grid periodicity of the held-out HR photos themselves: what a result
+    without grid artifacts scores.
 
     Args:
         results: The test run's results folder.
@@ -551,16 +561,20 @@ def hr_seam_ratio(results: Path, dataset_root: Path, dataset: str) -> float:
         dataset: The test set whose crop is used (the top-left region its SR images cover).
 
     Returns:
-        The mean ratio over the photos (NaN when the test set has no images).
+        The mean seam ratio and the mean periodicity over the photos (NaN when the test set has no images).
     """
+    from flowprior_plugin.metrics.grid_periodicity_metric import calculate_grid_periodicity
     from flowprior_plugin.metrics.grid_seam_metric import calculate_grid_seam
 
-    ratios = []
+    ratios, shares = [], []
     for sr_path in sorted((results / 'visualization' / dataset / 'prior').glob('*.png')):
         h, w = _read_rgb(sr_path).shape[:2]
-        hr = _read_rgb(dataset_root / 'val' / 'HR' / sr_path.name)[:h, :w]
-        ratios.append(calculate_grid_seam(hr.astype(np.float64), patch_size=3))
-    return float(np.mean(ratios)) if ratios else math.nan
+        hr = _read_rgb(dataset_root / 'val' / 'HR' / sr_path.name)[:h, :w].astype(np.float64)
+        ratios.append(calculate_grid_seam(hr, patch_size=3))
+        shares.append(calculate_grid_periodicity(hr, patch_size=3))
+    if not ratios:
+        return math.nan, math.nan
+    return float(np.mean(ratios)), float(np.mean(shares))
 
 
 def linf_section(results: Path, dataset_root: Path, out_dir: Path, context: dict) -> list[str]:
@@ -587,7 +601,7 @@ def linf_section(results: Path, dataset_root: Path, out_dir: Path, context: dict
     grid_scales = list(dict.fromkeys(s for s in (LINF_GRID_SCALE, scales[-1]) if s in scales))
     grids = {s: out_dir / f'linf_grid_{s}.png' for s in grid_scales}
     shown = {s: linf_zoom_grid(results, dataset_root, rows, s, path) for s, path in grids.items()}
-    hr_seam = hr_seam_ratio(results, dataset_root, shown[grid_scales[0]])
+    hr_seam, hr_periodicity = hr_grid_scores(results, dataset_root, shown[grid_scales[0]])
 
     timings, iters = context['timings'], context['iterations']
     setup = context['linf_options']
@@ -638,19 +652,21 @@ def linf_section(results: Path, dataset_root: Path, out_dir: Path, context: dict
         f'seams; higher = visible grid artifacts). For reference, the HR photos themselves score {_fmt(hr_seam, 3)} '
         f'(cropped as at {grid_scales[0]}). The ratio weighs steps across the grid against steps inside patches: '
         'a pattern that repeats in every patch (a blob per patch) raises the steps inside patches as much as or '
-        'more than those across, so it can leave the ratio near 1 or below; the zoomed crops below are the other '
-        'check.',
+        'more than those across, so it can leave the ratio near 1 or below. Grid periodicity measures exactly that '
+        'case: the share of the fine detail that is the same in every 3×3 patch (0 for a photo, 1 for a pure '
+        f'lattice); the HR photos score {_fmt(hr_periodicity, 4)}.',
         '',
         '### What this run showed (LINF)',
         *[f'- {line}' for line in linf_findings(rows, skipped)],
         '',
         '### Plot',
-        f'![PSNR and seam ratio against scale]({plot.name})',
+        f'![PSNR, seam ratio and grid periodicity against scale]({plot.name})',
         '',
         '### Zoomed crops',
         f'Centre crops of {LINF_ZOOM}×{LINF_ZOOM} HR pixels at {" and ".join(grid_scales)}, enlarged '
         f'×{LINF_ENLARGE} without smoothing: a 3×3 patch is {3 * LINF_ENLARGE}×{3 * LINF_ENLARGE} screen pixels, so '
-        'grid artifacts show as a lattice at that period. Captions: PSNR and seam ratio of the whole image.',
+        'grid artifacts show as a lattice at that period. Captions: PSNR, seam ratio and grid periodicity '
+        '(per.) of the whole image.',
         '',
         *[f'![LINF zoomed crops at {s}]({path.name})' for s, path in grids.items()],
         '',

@@ -72,9 +72,10 @@ def test_quick_demo_writes_report_plot_and_grids(tmp_path):
     assert [tuple(row[:3]) for row in rows] == _linf_expected_rows()
     assert {row[1] for row in rows} == {'in-distribution', 'out-of-distribution'}
     for row in rows:
-        psnr, ssim, lr_psnr, seam = (float(cell) for cell in row[3:7])
+        psnr, ssim, lr_psnr, seam, periodicity = (float(cell) for cell in row[3:8])
         assert all(math.isfinite(v) for v in (psnr, ssim, lr_psnr, seam)), row
-        assert 0 <= int(row[7]) <= 2  # images with non-finite pixels, out of the two held-out photos
+        assert 0 <= periodicity <= 1, row
+        assert 0 <= int(row[8]) <= 2  # images with non-finite pixels, out of the two held-out photos
     assert 'What this run showed (LINF)' in linf and 'LPIPS was not computed' in linf
     assert re.search(r'NLL [-\d.e+]+ → [-\d.e+]+ bits/pixel', linf)
     largest = _linf_expected_rows()[-1][0]  # the zoomed crops: x4 (in distribution) and the largest scale

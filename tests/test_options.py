@@ -113,7 +113,7 @@ def test_linf_options_follow_the_release():
     assert scales == [(2, 'in-distribution'), (3, 'in-distribution'), (4, 'in-distribution')] + [
         (s, 'out-of-distribution') for s in (6, 8, 12)
     ]
-    assert {'psnr', 'ssim', 'lr_psnr', 'lpips', 'seam'} <= set(test['val']['metrics'])
+    assert {'psnr', 'ssim', 'lr_psnr', 'lpips', 'seam', 'periodicity'} <= set(test['val']['metrics'])
 
 
 @pytest.mark.parametrize('name', ['linf_patch_edsr_baseline.yml', 'linf_patch_rrdb.yml'])

@@ -15,7 +15,13 @@ OURS = {
     'arch': ['SRFlowNet', 'HCFlowNet', 'LINFNet', 'LatentPriorNet'],
     'model': ['FlowSRModel', 'FlowPriorModel'],
     'loss': ['LatentL1Loss', 'VGGPerceptualLoss'],
-    'metric': ['calculate_lpips', 'calculate_lpips_pt', 'calculate_lr_psnr', 'calculate_grid_seam'],
+    'metric': [
+        'calculate_lpips',
+        'calculate_lpips_pt',
+        'calculate_lr_psnr',
+        'calculate_grid_seam',
+        'calculate_grid_periodicity',
+    ],
     'dataset': ['ArbitraryScaleSRDataset'],
 }
 # What Real-ESRGAN, the plugin most often installed beside ours, registers in the same registries.

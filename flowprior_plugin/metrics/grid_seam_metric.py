@@ -69,7 +69,7 @@ def grid_seam_ratio(img: np.ndarray, patch_size: int, offset: tuple[int, int]) -
     return boundary / inside
 
 
-def _prepare(img: np.ndarray, input_order: str, crop_border: int, test_y_channel: bool) -> np.ndarray:
+def prepare_image(img: np.ndarray, input_order: str, crop_border: int, test_y_channel: bool) -> np.ndarray:
     """HWC float64 image, Y channel if asked, borders cropped (BasicSR's order: reorder, crop, Y)."""
     out = reorder_image(np.asarray(img), input_order=input_order)
     if crop_border:
@@ -179,7 +179,7 @@ def calculate_grid_seam(
 
     def ratio_of(image: np.ndarray, name: str) -> float:
         given_shape = np.shape(image)
-        prepared = _prepare(image, input_order, crop_border, test_y_channel)
+        prepared = prepare_image(image, input_order, crop_border, test_y_channel)
         height, width = prepared.shape[:2]
         # Two patches across guarantee both kinds of steps in each direction for any offset.
         if height < 2 * patch_size or width < 2 * patch_size:

@@ -75,13 +75,14 @@ def test_multi_scale_table_has_every_scale_method_and_metric(route):
     for row in rows:
         expected_group = 'in-distribution' if row['scale'] in ('x2', 'x3', 'x4') else 'out-of-distribution'
         assert row['group'] == expected_group and row['images'] == 2
-        for metric in ('psnr', 'ssim', 'lr_psnr', 'seam'):
+        for metric in ('psnr', 'ssim', 'lr_psnr', 'seam', 'periodicity'):
             assert math.isfinite(row[metric]), (row['scale'], row['method'], metric)
         assert row['nonfinite'] == 0
         assert math.isnan(row['lpips'])  # no AlexNet weights offline: reported as skipped
     assert 'lpips' in summary['skipped_metrics']
     table = (route['results'] / 'summary.md').read_text()
-    assert '| dataset | scale | group | method | images | psnr | ssim | lr_psnr | lpips | seam | nonfinite |' in table
+    columns = 'dataset scale group method images psnr ssim lr_psnr lpips seam periodicity nonfinite'.split()
+    assert '| ' + ' | '.join(columns) + ' |' in table
     assert table.count('| DIV2K_val_x12 |') == 3 and 'lpips skipped' in table
 
 
