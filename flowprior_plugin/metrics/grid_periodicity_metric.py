@@ -16,7 +16,7 @@ import numpy as np
 from basicsr.utils.registry import METRIC_REGISTRY
 from scipy.ndimage import uniform_filter
 
-from flowprior_plugin.metrics.grid_seam_metric import FLAT_EPS, prepare_image
+from flowprior_plugin.metrics.grid_seam_metric import FLAT_EPS, check_grid_options, prepare_image
 
 
 def grid_periodic_share(img: np.ndarray, patch_size: int) -> float:
@@ -97,13 +97,7 @@ def calculate_grid_periodicity(
             smaller than 3 patches across after cropping.
     """
     name = 'calculate_grid_periodicity'
-    if input_order not in ('HWC', 'CHW'):
-        raise ValueError(f"{name}: input_order must be 'HWC' or 'CHW', got {input_order!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 2:
-        raise ValueError(f'{name}: patch_size must be an int >= 2, got {patch_size!r}')
-    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
-        raise ValueError(f'{name}: crop_border must be an int >= 0, got {crop_border!r}')
-    p = int(patch_size)
+    p = check_grid_options(name, input_order, patch_size, crop_border)
     prepared = prepare_image(img, input_order, crop_border, test_y_channel)
     if prepared.ndim == 2:
         prepared = prepared[..., None]

@@ -69,6 +69,21 @@ def grid_seam_ratio(img: np.ndarray, patch_size: int, offset: tuple[int, int]) -
     return boundary / inside
 
 
+def check_grid_options(metric: str, input_order: str, patch_size: Any, crop_border: Any) -> int:
+    """The options both grid metrics share, checked; returns ``patch_size`` as an int.
+
+    Raises:
+        ValueError: Naming ``metric``, the option and what it got.
+    """
+    if input_order not in ('HWC', 'CHW'):
+        raise ValueError(f"{metric}: input_order must be 'HWC' or 'CHW', got {input_order!r}")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 2:
+        raise ValueError(f'{metric}: patch_size must be an int >= 2, got {patch_size!r}')
+    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
+        raise ValueError(f'{metric}: crop_border must be an int >= 0, got {crop_border!r}')
+    return int(patch_size)
+
+
 def prepare_image(img: np.ndarray, input_order: str, crop_border: int, test_y_channel: bool) -> np.ndarray:
     """HWC float64 image, Y channel if asked, borders cropped (BasicSR's order: reorder, crop, Y)."""
     out = reorder_image(np.asarray(img), input_order=input_order)
@@ -166,13 +181,7 @@ def calculate_grid_seam(
             (cropped) image is smaller than two patches in height or width; in relative mode,
             ``img2`` is missing or of another shape, or its ratio is 0 or inf (undefined quotient).
     """
-    if input_order not in ('HWC', 'CHW'):
-        raise ValueError(f"calculate_grid_seam: input_order must be 'HWC' or 'CHW', got {input_order!r}")
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 2:
-        raise ValueError(f'calculate_grid_seam: patch_size must be an int >= 2, got {patch_size!r}')
-    if isinstance(crop_border, bool) or not isinstance(crop_border, (int, np.integer)) or crop_border < 0:
-        raise ValueError(f'calculate_grid_seam: crop_border must be an int >= 0, got {crop_border!r}')
-    patch_size = int(patch_size)
+    patch_size = check_grid_options('calculate_grid_seam', input_order, patch_size, crop_border)
     row_offset, col_offset = _offset_pair(offset)
     # The grid is given in uncropped coordinates: cropping c pixels shifts it by -c in the crop.
     grid = ((row_offset - crop_border) % patch_size, (col_offset - crop_border) % patch_size)
