@@ -1,5 +1,6 @@
 """Multi-process likelihood training (gloo on CPU): ActNorm is initialised before DDP wrapping and
-every rank starts from, and stays on, rank 0's network."""
+every rank starts from, and stays on, rank 0's network; LINF trains on HR windows (``HRWindow``
+through DDP's forward) with each rank at its own scales."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -14,11 +16,28 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _worker(rank: int, world: int, port: int, root: str, queue) -> None:
+def _batch(family: str, rank: int) -> dict:
+    """Different data per rank: SRFlow whole 16x16 HR; LINF 9x9 windows of HR crops at rank-dependent scales."""
+    g = torch.Generator().manual_seed(rank)
+    if family == 'SRFlow':
+        gt = torch.rand(2, 3, 16, 16, generator=g)
+        return {'gt': gt, 'lq': torch.nn.functional.avg_pool2d(gt, 4)}
+    full = [(18 + 3 * rank, 18 + 3 * rank), (24, 24)]
+    lq, windows, gts = [], [], []
+    for h, w in full:
+        image = torch.rand(1, 3, h, w, generator=g)
+        lq.append(torch.nn.functional.interpolate(image, size=(8, 8), mode='area'))
+        top, left = rank * 3, 6
+        windows.append((top, left))
+        gts.append(image[..., top : top + 9, left : left + 9])
+    return {'lq': torch.cat(lq), 'gt': torch.cat(gts), 'hr_size': torch.tensor(full), 'window': torch.tensor(windows)}
+
+
+def _worker(rank: int, world: int, port: int, root: str, queue, family: str) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     try:
-        from conftest import TINY_SRFLOW, finalize_options
+        from conftest import TINY_LINF, TINY_SRFLOW, finalize_options
 
         import flowprior_plugin  # noqa: F401
         from flowprior_plugin.models.flow_sr_model import FlowSRModel
@@ -27,7 +46,7 @@ def _worker(rank: int, world: int, port: int, root: str, queue) -> None:
         opt = {
             'name': 'ddp',
             'scale': 4,
-            'network_g': dict(TINY_SRFLOW),
+            'network_g': dict(TINY_SRFLOW if family == 'SRFlow' else TINY_LINF),
             'path': {},
             'train': {
                 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
@@ -38,9 +57,7 @@ def _worker(rank: int, world: int, port: int, root: str, queue) -> None:
         opt.update(dist=True, rank=rank, world_size=world)
         model = FlowSRModel(opt)
         wrapped_before_first_batch = isinstance(model.net_g, torch.nn.parallel.DistributedDataParallel)
-        g = torch.Generator().manual_seed(rank)  # and sees different data
-        gt = torch.rand(2, 3, 16, 16, generator=g)
-        model.feed_data({'gt': gt, 'lq': torch.nn.functional.avg_pool2d(gt, 4)})
+        model.feed_data(_batch(family, rank))  # and sees different data
         bare = model.get_bare_model(model.net_g)
         model._first_batch()
         after_init = torch.cat([t.detach().flatten() for t in bare.state_dict().values()]).double().sum().item()
@@ -59,11 +76,12 @@ def _worker(rank: int, world: int, port: int, root: str, queue) -> None:
         dist.destroy_process_group()
 
 
-def test_ranks_share_rank0_network_after_actnorm_init_and_a_step(tmp_path):
-    world, port = 2, 29000 + os.getpid() % 1000
+@pytest.mark.parametrize('family', ['SRFlow', 'LINF'])
+def test_ranks_share_rank0_network_after_init_and_a_step(tmp_path, family):
+    world, port = 2, 29000 + (os.getpid() + (7 if family == 'LINF' else 0)) % 1000
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, str(tmp_path), queue)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, str(tmp_path), queue, family)) for r in range(world)]
     for p in procs:
         p.start()
     results = sorted(queue.get(timeout=300) for _ in range(world))
@@ -75,3 +93,18 @@ def test_ranks_share_rank0_network_after_actnorm_init_and_a_step(tmp_path):
     assert ddp0 and ddp1
     assert init0 == init1, 'ranks differ after ActNorm initialisation'
     assert step0 == step1, 'ranks differ after one DDP step'
+    assert step0 != init0, 'the DDP step changed nothing'
+
+
+def test_ddp_moves_hr_windows_with_the_other_forward_arguments():
+    """On GPUs DDP copies forward's arguments to the device with this helper; an HRWindow (a
+    dataclass of tensors) must come out as an HRWindow with its tensors moved and re-checked."""
+    from torch.distributed.utils import _to_kwargs
+
+    from flowprior_plugin.flow_protocol import HRWindow
+
+    window = HRWindow((9, 9), torch.tensor([[18, 18], [24, 24]]), torch.tensor([[0, 6], [3, 6]]))
+    _, kwargs = _to_kwargs((torch.zeros(1),), {'out_size': window}, torch.device('cpu'), False)
+    moved = kwargs[0]['out_size']
+    assert isinstance(moved, HRWindow) and moved.size == (9, 9)
+    assert torch.equal(moved.full_size, window.full_size) and torch.equal(moved.offset, window.offset)
