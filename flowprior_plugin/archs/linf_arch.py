@@ -88,7 +88,7 @@ from flowprior_plugin.archs.flow_net_base import FlowNet, gaussian_latents, shap
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize, output_hw
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
-from flowprior_plugin.layers.local_fourier import local_fourier_features, make_coord
+from flowprior_plugin.layers.local_fourier import local_fourier_features, make_coord, window_coord
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
 from flowprior_plugin.layers.rrdb_encoder import RRDBEncoder
 
@@ -302,18 +302,17 @@ class LINFNet(FlowNet):
         float32_grid: bool = True,
     ) -> Tensor:
         """Pixel-centre coordinates (B, H, W, 2) of an HR image of size ``hr_size``, or of each
-        window's pixels in its whole HR image (sliced from that image's grid, so a window equal to
-        its image gives the very same numbers). ``float32_grid``: see :func:`make_coord`."""
+        window's pixels in its whole HR image (the very numbers of that image's grid, see
+        :func:`window_coord`). ``float32_grid``: see :func:`make_coord`."""
         if not isinstance(hr_size, HRWindow):
             coord = make_coord(output_hw(hr_size), dtype=dtype, device=device, float32_grid=float32_grid)
             return coord.unsqueeze(0).expand(batch, -1, -1, -1)
         if hr_size.batch != batch:
             raise ValueError(f'LINFNet: HRWindow describes {hr_size.batch} images, but the batch has {batch}')
-        h, w = hr_size.size
-        coords = []
-        for (full_h, full_w), (top, left) in zip(hr_size.full_size.tolist(), hr_size.offset.tolist()):
-            grid = make_coord((full_h, full_w), dtype=dtype, device=device, float32_grid=float32_grid)
-            coords.append(grid[top : top + h, left : left + w])
+        coords = [
+            window_coord(full, top_left, hr_size.size, dtype=dtype, device=device, float32_grid=float32_grid)
+            for full, top_left in zip(hr_size.full_size.tolist(), hr_size.offset.tolist())
+        ]
         return torch.stack(coords)
 
     def latent_shape(self, lq_shape: Sequence[int], out_size: OutputSize = None) -> tuple[int, ...]:

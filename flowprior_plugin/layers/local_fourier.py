@@ -53,6 +53,25 @@ def make_coord(
     return grid.to(dtype or torch.get_default_dtype())
 
 
+def window_coord(
+    full_size: Sequence[int],
+    top_left: Sequence[int],
+    size: Sequence[int],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    float32_grid: bool = True,
+) -> Tensor:
+    """``make_coord(full_size)[top:top + h, left:left + w]`` without building the whole grid: the
+    same numbers (each centre is computed on its own), for a window of a larger image."""
+    compute = torch.float32 if float32_grid else dtype
+    axes = [
+        pixel_centres(int(n), compute, device)[int(start) : int(start) + int(length)]
+        for n, start, length in zip(full_size, top_left, size)
+    ]
+    grid = torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1)
+    return grid.to(dtype or torch.get_default_dtype())
+
+
 def sample_at(maps: Tensor, coord: Tensor, mode: str, padding_mode: str = 'zeros') -> Tensor:
     """Sample ``maps`` (B, C, h, w) at ``coord`` (B, N, 2) in ``(row, col)`` order -> (B, N, C).
 

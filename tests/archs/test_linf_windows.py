@@ -150,3 +150,12 @@ def test_fixed_scale_flows_take_whole_images_only(options):
             net.encode(lq, gt, out_size=part)
         with pytest.raises(ValueError, match='fixed-scale flow'):
             net.nll(lq, gt, out_size=part)
+
+
+@pytest.mark.parametrize('dtype,float32_grid', [(torch.float64, True), (torch.float64, False), (torch.float32, True)])
+def test_window_coordinates_are_the_whole_grid_sliced_bit_for_bit(dtype, float32_grid):
+    from flowprior_plugin.layers.local_fourier import make_coord, window_coord
+
+    whole = make_coord((37, 53), dtype=dtype, float32_grid=float32_grid)
+    window = window_coord((37, 53), (5, 11), (15, 29), dtype=dtype, float32_grid=float32_grid)
+    assert torch.equal(window, whole[5:20, 11:40])
