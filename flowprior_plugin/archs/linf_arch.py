@@ -598,8 +598,7 @@ class LINFNet(FlowNet):
             Tensor: Bits per HR pixel, shape (B,).
         """
         self._check_lq(lq)
-        target = self._gt_target(lq, gt, out_size)
-        cond = self._resolve_cond(lq, cond)
+        self._gt_target(lq, gt, out_size)  # a clear error before the noise touches a wrong gt
         h, w = gt.shape[-2:]
         logdet = gt.new_zeros(gt.shape[0])
         if dequantize and self.dequantization == 'uniform':
@@ -607,8 +606,7 @@ class LINFNet(FlowNet):
             noise = torch.rand(gt.shape, generator=generator, device=device, dtype=gt.dtype).to(gt.device)
             gt = gt + (noise - 0.5) / 255.0
             logdet = logdet - math.log(255.0 * _DATA_STD) * gt[0].numel()
-        x = self.residual_patches(cond, gt, window=target if isinstance(target, HRWindow) else None)
-        log_p, _ = self.log_prob_patches(x, self.params_for(cond, target))
+        log_p, _ = self.log_prob(lq, gt, cond, out_size=out_size)
         return -(log_p.flatten(1).sum(1) + logdet) / (math.log(2.0) * h * w)
 
     def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
@@ -634,19 +632,21 @@ class LINFNet(FlowNet):
         target = self._target(lq.shape, out_size)
         cond = self._resolve_cond(lq, cond)
         up = self.upsampled_lr(cond, target)
-        down = self._down_of_up(cond, target, tuple(lq.shape[-2:]))
+        down = self._down_of_up(cond, target, tuple(lq.shape[-2:]), up)
         residual = self.to_patches(up - self._bilinear_base(down, target))
         return [self.log_prob_patches(residual, self.params_for(cond, target))[1]]
 
-    def _down_of_up(self, cond: LINFCondition, target: tuple[int, int] | HRWindow, lr_size: tuple[int, int]) -> Tensor:
-        """``down(up(y))`` at the LR size; ``up`` of the whole HR image (per sample for windows,
-        whose images may differ in size)."""
+    def _down_of_up(
+        self, cond: LINFCondition, target: tuple[int, int] | HRWindow, lr_size: tuple[int, int], up: Tensor
+    ) -> Tensor:
+        """``down(up(y))`` at the LR size, ``up`` being that of the whole HR image: ``up`` itself
+        for a whole image, recomputed per sample for windows (whose images may differ in size)."""
 
         def down(up: Tensor) -> Tensor:
             return F.interpolate(up, size=lr_size, mode='bilinear', align_corners=False)
 
         if not isinstance(target, HRWindow):
-            return down(self.upsampled_lr(cond, target))
+            return down(up)
         ups = [self._bilinear_base(cond.lr[b : b + 1], tuple(full)) for b, full in enumerate(target.full_size.tolist())]
         return torch.cat([down(up) for up in ups])
 
