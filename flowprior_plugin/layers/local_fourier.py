@@ -47,10 +47,7 @@ def make_coord(
             vectors are reproduced to 1e-15 only this way). False computes them in ``dtype``.
             Default: True.
     """
-    compute = torch.float32 if float32_grid else dtype
-    axes = [pixel_centres(n, compute, device) for n in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1)
-    return grid.to(dtype or torch.get_default_dtype())
+    return window_coord(shape, [0] * len(shape), shape, dtype=dtype, device=device, float32_grid=float32_grid)
 
 
 def window_coord(
@@ -62,7 +59,8 @@ def window_coord(
     float32_grid: bool = True,
 ) -> Tensor:
     """``make_coord(full_size)[top:top + h, left:left + w]`` without building the whole grid: the
-    same numbers (each centre is computed on its own), for a window of a larger image."""
+    same numbers (each centre is computed on its own), for a window of a larger image. Arguments
+    as :func:`make_coord`; ``top_left`` and ``size`` give the window per axis."""
     compute = torch.float32 if float32_grid else dtype
     axes = [
         pixel_centres(int(n), compute, device)[int(start) : int(start) + int(length)]
