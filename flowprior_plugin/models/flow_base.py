@@ -100,6 +100,18 @@ class FlowBaseModel(SRModel):
             self.model_ema(0)
         self.net_g_ema.eval()
 
+    def apply_loss(self, loss: Tensor, loss_dict: OrderedDict, current_iter: int) -> None:
+        """The end of every training step: backward and optimizer step unless ``loss`` is not
+        finite (then the step is skipped with a warning), BasicSR's loss log and the EMA update."""
+        if torch.isfinite(loss):
+            loss.backward()
+            self.optimizer_g.step()
+        else:
+            get_root_logger().warning(f'iter {current_iter}: non-finite loss, step skipped')
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
     # ---------------------------------------------------------------- methods
     # Temperatures compared when ``val.temperatures`` is not given.
     default_temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES

@@ -160,14 +160,7 @@ class FlowPriorModel(FlowBaseModel):
                 if value is not None:
                     loss_dict[name] = value
                     l_total = l_total + value
-        if torch.isfinite(l_total):
-            l_total.backward()
-            self.optimizer_g.step()
-        else:
-            get_root_logger().warning(f'iter {current_iter}: non-finite loss, step skipped')
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        self.apply_loss(l_total, loss_dict, current_iter)
 
     # ---------------------------------------------------------------- evaluation
     default_temperatures = ()  # the prior alone unless val.temperatures asks for sampling too

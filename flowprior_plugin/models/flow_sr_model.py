@@ -85,12 +85,4 @@ class FlowSRModel(FlowBaseModel):
             )
         # Call through the (possibly DDP-wrapped) module: forward(lq, gt) is the flow's nll.
         nll = self.net_g(self.lq, self.gt, dequantize=True, out_size=out_size).mean()
-        loss_dict = OrderedDict(l_nll=nll.detach())
-        if torch.isfinite(nll):
-            (self.nll_weight * nll).backward()
-            self.optimizer_g.step()
-        else:
-            get_root_logger().warning(f'iter {current_iter}: non-finite NLL, step skipped')
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        self.apply_loss(self.nll_weight * nll, OrderedDict(l_nll=nll.detach()), current_iter)
