@@ -141,6 +141,35 @@ class FlowNet(CheckpointCheckedModule):
             latents = self.sample_latents(lq, 0.0, out_size=out_size)
         return self.decode(lq, latents, out_size=out_size)
 
+    def sample_latents(
+        self,
+        lq: Tensor,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        cond: FlowCondition | None = None,
+        out_size: OutputSize = None,
+    ) -> Latents:
+        """Latents of temperature sampling as the releases draw them: every value ~ N(0,
+        temperature^2), independently (zeros at 0), shaped by the subclass's ``sampled_shapes``.
+
+        Args:
+            lq: LR batch; fixes the shapes, device and dtype.
+            temperature: Standard deviation tau of the latents.
+            generator: Random generator (any device; the draws move to lq's device). Default: None.
+            cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
+                Default: None.
+            out_size: The HR the latents describe (see :mod:`flowprior_plugin.flow_protocol`).
+                Default: None (``lq * scale``).
+
+        Returns:
+            list[Tensor]: One tensor per latent level, in the flow's latent order.
+        """
+        self._check_lq(lq)
+        shapes = self.sampled_shapes(lq, out_size)
+        if cond is not None:
+            self._resolve_cond(lq, cond)
+        return gaussian_latents(shapes, temperature, generator, like=lq)
+
     def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> FlowCondition:
         """``cond`` checked against ``lq``, or ``condition(lq)`` when None."""
         if cond is None:
@@ -220,33 +249,10 @@ class ActNormFlowNet(FlowNet):
             )
 
     # ------------------------------------------------------------------ protocol
-    def sample_latents(
-        self,
-        lq: Tensor,
-        temperature: float,
-        generator: torch.Generator | None = None,
-        cond: FlowCondition | None = None,
-        out_size: OutputSize = None,
-    ) -> Latents:
-        """Latents of temperature sampling: every latent ~ N(0, temperature^2) (zeros at 0).
-
-        Args:
-            lq: LR batch; fixes the shapes, device and dtype.
-            temperature: Standard deviation tau of the latents.
-            generator: Random generator (any device; the draws move to lq's device). Default: None.
-            cond: Checked against ``lq`` if given (the sampling itself needs no conditioning).
-                Default: None.
-            out_size: HR (height, width); must be ``lq * scale`` (ValueError otherwise).
-                Default: None.
-
-        Returns:
-            list[Tensor]: One tensor per latent level, in the flow's latent order.
-        """
-        self._check_lq(lq)
+    def sampled_shapes(self, lq: Tensor, out_size: OutputSize) -> list[tuple[int, ...]]:
+        """Shapes of the latents for ``lq`` and ``out_size``, which must be ``lq * scale`` here."""
         self._check_out_size(lq, out_size)
-        if cond is not None:
-            self._resolve_cond(lq, cond)
-        return gaussian_latents(self.latent_shapes(lq.shape), temperature, generator, like=lq)
+        return self.latent_shapes(lq.shape)
 
     def initial_prior(self, lq: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """Initial latents z0 of the learned prior: the encoding of the bilinearly upsampled LR

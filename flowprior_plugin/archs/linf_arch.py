@@ -84,7 +84,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import FlowNet, gaussian_latents, shape_dim, state_dict_shapes
+from flowprior_plugin.archs.flow_net_base import FlowNet, shape_dim, state_dict_shapes
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize, output_hw
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
@@ -537,32 +537,10 @@ class LINFNet(FlowNet):
         cond = self._resolve_cond(lq, cond)
         return from_model_range(self.decode_residual(cond, latents[0], target, query_chunk, with_base=True))
 
-    def sample_latents(
-        self,
-        lq: Tensor,
-        temperature: float,
-        generator: torch.Generator | None = None,
-        cond: FlowCondition | None = None,
-        out_size: OutputSize = None,
-    ) -> Latents:
-        """``[z]`` of temperature sampling: z ~ N(0, temperature^2) at every query location,
-        independently (as released; zeros at 0).
-
-        Args:
-            lq: LR batch; fixes the batch size, device and dtype.
-            temperature: Standard deviation tau.
-            generator: Random generator (any device; the draw moves to lq's device). Default: None.
-            cond: Checked against ``lq`` if given (sampling needs no conditioning). Default: None.
-            out_size: HR size (H, W) (or :class:`HRWindow`) whose query grid the latent covers.
-                Default: None (``scale`` times the LR).
-
-        Returns:
-            list[Tensor]: ``[z]`` of shape :meth:`latent_shape`.
-        """
-        self._check_lq(lq)
-        if cond is not None:
-            self._resolve_cond(lq, cond)
-        return gaussian_latents([self.latent_shape(lq.shape, out_size)], temperature, generator, like=lq)
+    def sampled_shapes(self, lq: Tensor, out_size: OutputSize) -> list[tuple[int, ...]]:
+        """``[latent_shape]``: temperature sampling draws z ~ N(0, tau^2) at every query location,
+        independently (as released), for an HR of size ``out_size`` (or :class:`HRWindow`)."""
+        return [self.latent_shape(lq.shape, out_size)]
 
     def nll(
         self,
