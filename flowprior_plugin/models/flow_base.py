@@ -62,6 +62,10 @@ class FlowBaseModel(SRModel):
     :meth:`evaluation_methods` and :meth:`method_latents` (and :attr:`evaluated_network`).
     """
 
+    # Where the current gt sits in the HR image its LR covers; None: the gt is that whole image.
+    # Set by every feed_data.
+    hr_window: HRWindow | None = None
+
     # ---------------------------------------------------------------- checkpoints
     def _print_different_keys_loading(self, crt_net, load_net, strict=True):
         # Say what is wrong in one line before BasicSR prints a wall of mismatched keys.
@@ -191,9 +195,8 @@ class FlowBaseModel(SRModel):
         """What the flow's ``out_size`` is for the current batch: the HR windows when the gt is a
         window of a larger HR image, the gt's size for an arbitrary-scale flow, else None
         (``lq * scale``)."""
-        window = getattr(self, 'hr_window', None)
-        if window is not None:
-            return window
+        if self.hr_window is not None:
+            return self.hr_window
         if self.flow.arbitrary_scale and hasattr(self, 'gt'):
             return int(self.gt.shape[-2]), int(self.gt.shape[-1])
         return None
@@ -263,7 +266,6 @@ class FlowBaseModel(SRModel):
             if hasattr(self, 'gt'):
                 del self.gt
             del self.lq
-            self.hr_window = None
 
         summary = summarize(rows, methods, list(metrics_opt))
         self._record_metrics(summary, dataset_name, current_iter, metrics_opt, tb_logger)
