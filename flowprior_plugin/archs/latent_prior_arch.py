@@ -33,54 +33,57 @@ from flowprior_plugin.layers.dense_block import DenseBlock5
 
 DEFAULT_GENERATOR = {'type': 'UNet', 'depth': 3, 'width': 64}
 
+# What each placeholder of the key templates below matches.
+_KEY_FIELDS = {
+    'level': r'\d+',
+    'index': r'\d+',
+    'conv': r'conv[1-5]\.(?:weight|bias)',
+    'param': r'weight|bias',
+    'rest': r'.+',
+}
+
+
+def _rename_rule(source: str, target: str) -> tuple[re.Pattern, str]:
+    """A key rename rule from two templates such as ``'inc{level}.double_conv.{rest}'``."""
+    parts = re.split(r'\{(\w+)\}', source)  # literal, field, literal, field, ...
+    pattern = ''.join(re.escape(p) if i % 2 == 0 else f'(?P<{p}>{_KEY_FIELDS[p]})' for i, p in enumerate(parts))
+    return re.compile(f'^{pattern}$'), re.sub(r'\{(\w+)\}', r'\\g<\1>', target)
+
+
+def _rename_rules(pairs: Sequence[tuple[str, str]], to_release: bool = False) -> tuple[tuple[re.Pattern, str], ...]:
+    """Rules from (released template, our template) pairs, in either direction."""
+    return tuple(
+        _rename_rule(ours, released) if to_release else _rename_rule(released, ours) for released, ours in pairs
+    )
+
+
 # Released SRFlow-LP key -> our key. Pure prefix renames: the blocks themselves are laid out alike.
-_RELEASE_TO_OURS = (
-    (re.compile(r'^input_proj(\d+)\.(conv[1-5]\.(?:weight|bias))$'), r'levels.\1.prior_encoder.\2'),
-    (re.compile(r'^inc(\d+)\.double_conv\.(.+)$'), r'levels.\1.generator.stem.\2'),
+_SRFLOW_LP_KEYS = (
+    ('input_proj{level}.{conv}', 'levels.{level}.prior_encoder.{conv}'),
+    ('inc{level}.double_conv.{rest}', 'levels.{level}.generator.stem.{rest}'),
     (
-        re.compile(r'^down_layers(\d+)\.(\d+)\.maxpool_conv\.1\.double_conv\.(.+)$'),
-        r'levels.\1.generator.downs.\2.conv.\3',
+        'down_layers{level}.{index}.maxpool_conv.1.double_conv.{rest}',
+        'levels.{level}.generator.downs.{index}.conv.{rest}',
     ),
-    (re.compile(r'^up_layers(\d+)\.(\d+)\.conv\.double_conv\.(.+)$'), r'levels.\1.generator.ups.\2.conv.\3'),
-    (re.compile(r'^outc(\d+)\.conv\.(weight|bias)$'), r'levels.\1.head.\2'),
+    ('up_layers{level}.{index}.conv.double_conv.{rest}', 'levels.{level}.generator.ups.{index}.conv.{rest}'),
+    ('outc{level}.conv.{param}', 'levels.{level}.head.{param}'),
 )
-_OURS_TO_RELEASE = (
-    (re.compile(r'^levels\.(\d+)\.prior_encoder\.(conv[1-5]\.(?:weight|bias))$'), r'input_proj\1.\2'),
-    (re.compile(r'^levels\.(\d+)\.generator\.stem\.(.+)$'), r'inc\1.double_conv.\2'),
-    (
-        re.compile(r'^levels\.(\d+)\.generator\.downs\.(\d+)\.conv\.(.+)$'),
-        r'down_layers\1.\2.maxpool_conv.1.double_conv.\3',
-    ),
-    (re.compile(r'^levels\.(\d+)\.generator\.ups\.(\d+)\.conv\.(.+)$'), r'up_layers\1.\2.conv.double_conv.\3'),
-    (re.compile(r'^levels\.(\d+)\.head\.(weight|bias)$'), r'outc\1.conv.\2'),
-)
+_RELEASE_TO_OURS = _rename_rules(_SRFLOW_LP_KEYS)
+_OURS_TO_RELEASE = _rename_rules(_SRFLOW_LP_KEYS, to_release=True)
 _RELEASE_KEY = re.compile(r'^(?:module\.)?input_proj\d+\.conv1\.weight$')
 
 # Released LINF-LP key -> our key (one latent level, so the release's keys carry no level index).
-_LINF_RELEASE_TO_OURS = (
-    (re.compile(r'^input_proj\.(conv[1-5]\.(?:weight|bias))$'), r'levels.0.prior_encoder.\1'),
-    (re.compile(r'^lr_proj\.0\.(weight|bias)$'), r'levels.0.lr_encoder.0.\1'),
-    (re.compile(r'^lr_proj\.2\.(conv[1-5]\.(?:weight|bias))$'), r'levels.0.lr_encoder.2.\1'),
-    (re.compile(r'^inc\.double_conv\.(.+)$'), r'levels.0.generator.stem.\1'),
-    (
-        re.compile(r'^down_layers\.(\d+)\.maxpool_conv\.1\.double_conv\.(.+)$'),
-        r'levels.0.generator.downs.\1.conv.\2',
-    ),
-    (re.compile(r'^up_layers\.(\d+)\.conv\.double_conv\.(.+)$'), r'levels.0.generator.ups.\1.conv.\2'),
-    (re.compile(r'^outc\.conv\.(weight|bias)$'), r'levels.0.head.\1'),
+_LINF_LP_KEYS = (
+    ('input_proj.{conv}', 'levels.0.prior_encoder.{conv}'),
+    ('lr_proj.0.{param}', 'levels.0.lr_encoder.0.{param}'),
+    ('lr_proj.2.{conv}', 'levels.0.lr_encoder.2.{conv}'),
+    ('inc.double_conv.{rest}', 'levels.0.generator.stem.{rest}'),
+    ('down_layers.{index}.maxpool_conv.1.double_conv.{rest}', 'levels.0.generator.downs.{index}.conv.{rest}'),
+    ('up_layers.{index}.conv.double_conv.{rest}', 'levels.0.generator.ups.{index}.conv.{rest}'),
+    ('outc.conv.{param}', 'levels.0.head.{param}'),
 )
-_LINF_OURS_TO_RELEASE = (
-    (re.compile(r'^levels\.0\.prior_encoder\.(conv[1-5]\.(?:weight|bias))$'), r'input_proj.\1'),
-    (re.compile(r'^levels\.0\.lr_encoder\.0\.(weight|bias)$'), r'lr_proj.0.\1'),
-    (re.compile(r'^levels\.0\.lr_encoder\.2\.(conv[1-5]\.(?:weight|bias))$'), r'lr_proj.2.\1'),
-    (re.compile(r'^levels\.0\.generator\.stem\.(.+)$'), r'inc.double_conv.\1'),
-    (
-        re.compile(r'^levels\.0\.generator\.downs\.(\d+)\.conv\.(.+)$'),
-        r'down_layers.\1.maxpool_conv.1.double_conv.\2',
-    ),
-    (re.compile(r'^levels\.0\.generator\.ups\.(\d+)\.conv\.(.+)$'), r'up_layers.\1.conv.double_conv.\2'),
-    (re.compile(r'^levels\.0\.head\.(weight|bias)$'), r'outc.conv.\1'),
-)
+_LINF_RELEASE_TO_OURS = _rename_rules(_LINF_LP_KEYS)
+_LINF_OURS_TO_RELEASE = _rename_rules(_LINF_LP_KEYS, to_release=True)
 _LINF_RELEASE_KEY = re.compile(r'^(?:module\.)?(?:input_proj\.conv1\.weight|lr_proj\.0\.weight)$')
 # The released LINF-LP LR encoder: a 3x3 conv with stride 3 on the LR image itself.
 LINF_LP_LR_ENCODER_STRIDE = 3
