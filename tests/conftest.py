@@ -126,6 +126,25 @@ def random_lr_hr(scale: int, h: int, w: int, batch: int = 2, dtype=torch.float32
     return lq, gt
 
 
+# A tiny latent module (UNet generator) for any flow; latent_channels come from the flow.
+TINY_PRIOR = {
+    'type': 'LatentPriorNet',
+    'prior_features': 8,
+    'lr_features': 8,
+    'generator': {'type': 'UNet', 'depth': 2, 'width': 8},
+}
+# The perceptual loss with a random VGG19 (tests only; never the default: no ImageNet weights offline).
+RANDOM_VGG = {
+    'type': 'VGGPerceptualLoss',
+    'layer_weights': {'conv1_2': 1.0},  # a shallow layer keeps the random VGG cheap
+    'vgg_type': 'vgg19',
+    'use_input_norm': True,
+    'range_norm': False,
+    'criterion': 'l1',
+    'random_weights_for_tests': True,
+}
+
+
 def write_paired_images(root: Path, count: int, hr_size: tuple[int, int], scale: int, seed: int = 0) -> Path:
     """Write ``count`` smooth random HR images and their MATLAB-bicubic LR into BasicSR's
     paired-folder layout (``root/hr``, ``root/lr``). Returns ``root``."""

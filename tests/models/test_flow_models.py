@@ -8,27 +8,12 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_SRFLOW, finalize_options, write_paired_images
+from conftest import RANDOM_VGG, TINY_PRIOR, TINY_SRFLOW, finalize_options, write_paired_images
 
 from flowprior_plugin.errors import OptionError
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 from flowprior_plugin.models.flow_sr_model import FlowSRModel
 
-TINY_PRIOR = {
-    'type': 'LatentPriorNet',
-    'prior_features': 8,
-    'lr_features': 8,
-    'generator': {'type': 'UNet', 'depth': 2, 'width': 8},
-}
-RANDOM_VGG = {
-    'type': 'VGGPerceptualLoss',
-    'layer_weights': {'conv1_2': 1.0},  # a shallow layer keeps the random VGG cheap
-    'vgg_type': 'vgg19',
-    'use_input_norm': True,
-    'range_norm': False,
-    'criterion': 'l1',
-    'random_weights_for_tests': True,  # never the default: no ImageNet weights offline
-}
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
     'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},

@@ -10,17 +10,11 @@ import math
 import pytest
 import torch
 from basicsr.data import build_dataloader, build_dataset
-from conftest import TINY_LINF, finalize_options, write_paired_images
+from conftest import RANDOM_VGG, TINY_LINF, TINY_PRIOR, finalize_options, write_paired_images
 
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 from flowprior_plugin.models.flow_sr_model import FlowSRModel
 
-TINY_PRIOR = {
-    'type': 'LatentPriorNet',
-    'prior_features': 8,
-    'lr_features': 8,
-    'generator': {'type': 'UNet', 'depth': 2, 'width': 8},
-}
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
     'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
@@ -204,12 +198,7 @@ def test_window_batches_train_both_stages(tmp_path):
         tmp_path / 'prior',
         train=_train_opt(
             latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0},
-            perceptual_opt={
-                'type': 'VGGPerceptualLoss',
-                'layer_weights': {'conv1_2': 1.0},
-                'vgg_type': 'vgg19',
-                'random_weights_for_tests': True,
-            },
+            perceptual_opt=dict(RANDOM_VGG),
         ),
     )
     before = {k: v.clone() for k, v in prior.net_g.state_dict().items()}
