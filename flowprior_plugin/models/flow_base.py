@@ -254,10 +254,14 @@ class FlowBaseModel(SRModel):
             for method, sr in outputs.items():
                 finite = bool(torch.isfinite(sr).all())
                 # A non-finite image is scored as the user would see it: NaN/inf pixels black/white.
-                sr_img = tensor2img(torch.nan_to_num(sr.detach().cpu(), nan=0.0, posinf=1.0, neginf=0.0))
+                shown = torch.nan_to_num(sr.detach().cpu(), nan=0.0, posinf=1.0, neginf=0.0)
+                sr_img = tensor2img(shown)
                 row = OrderedDict(image=img_name, method=method, finite=finite)
                 if gt_img is not None:
-                    data = dict(img=sr_img, img2=gt_img, lq=lq_img)
+                    # The releases' protocols (calculate_release_protocol) score the float SR, not
+                    # the rounded uint8 one: HWC RGB float32, unclamped; other metrics ignore it.
+                    sr_float_rgb = shown[0].permute(1, 2, 0).float().numpy()
+                    data = dict(img=sr_img, img2=gt_img, lq=lq_img, sr_float_rgb=sr_float_rgb)
                     for name, metric_opt in metrics_opt.items():
                         row[name] = self._metric(name, metric_opt, data, skipped)
                 rows.append(row)
