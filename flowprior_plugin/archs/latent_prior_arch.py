@@ -17,9 +17,11 @@ The released LINF-LP module (same file layout, keys without a level index) is th
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,10 +30,59 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
 from flowprior_plugin.errors import CheckpointMismatchError, OptionError
+from flowprior_plugin.flow_protocol import HRWindow
 from flowprior_plugin.generators import build_generator, generator_default_out_channels
 from flowprior_plugin.layers.dense_block import DenseBlock5
 
 DEFAULT_GENERATOR = {'type': 'UNet', 'depth': 3, 'width': 64}
+LR_ALIGNMENTS = ('window', 'release')
+
+
+@dataclass(frozen=True)
+class LatentWindow:
+    """Which cells of a whole image's latent grid a latent tensor holds, per sample.
+
+    A training window (:class:`~flowprior_plugin.flow_protocol.HRWindow`) decodes only part of
+    the HR image its LR covers; its latents are cells ``offset .. offset + size`` of the grid the
+    whole HR image would have (``full_size`` cells). The LR branch uses this to read the LR under
+    the window, exactly as whole-image inference reads it.
+
+    Attributes:
+        full_size: Float tensor (B, 2): rows and columns of the whole image's latent grid.
+        offset: Float tensor (B, 2): the window's first row and column in that grid (fractional
+            when the HR window does not start on a latent cell).
+    """
+
+    full_size: Tensor
+    offset: Tensor
+
+    @classmethod
+    def from_hr_window(cls, window: HRWindow, grid: Sequence[int]) -> LatentWindow:
+        """The cells of one latent level: ``grid`` is the (h, w) of that level's latents for the
+        window; its stride (HR pixels per cell) is ``window.size / grid``. A whole image's grid is
+        ``ceil(H / stride)``, as flows that pad a partial last cell (LINF) make it."""
+        stride = torch.tensor(
+            [window.size[0] / grid[0], window.size[1] / grid[1]], dtype=torch.float64, device=window.full_size.device
+        )
+        full = torch.ceil(window.full_size.to(torch.float64) / stride - 1e-6)
+        return cls(full_size=full, offset=window.offset.to(torch.float64) / stride)
+
+    def sample(self, image: Tensor, grid: Sequence[int]) -> Tensor:
+        """Bilinear samples of ``image`` (B, C, h, w), which covers the whole HR image, at the
+        centres of the window's ``grid`` cells: what resizing ``image`` to the whole latent grid
+        (``F.interpolate``, bilinear, align_corners False) and cropping the window would give."""
+
+        def axis(dim: int, n: int) -> Tensor:
+            cells = torch.arange(n, dtype=torch.float64, device=image.device)
+            # grid_sample's align_corners=False coordinate of a cell centre of the whole grid;
+            # border padding clamps as F.interpolate does at the image edge.
+            return 2 * (self.offset[:, dim : dim + 1] + cells + 0.5) / self.full_size[:, dim : dim + 1] - 1
+
+        ys, xs = axis(0, int(grid[0])), axis(1, int(grid[1]))  # (B, h), (B, w)
+        coords = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
+        coords = coords.to(image.dtype)
+        return F.grid_sample(image, coords, mode='bilinear', padding_mode='border', align_corners=False)
+
 
 # What each placeholder of the key templates below matches.
 _KEY_FIELDS = {
@@ -324,10 +375,12 @@ class _LevelBranch(nn.Module):
         in_nc: int,
         level: int,
         lr_encoder_stride: int = 1,
+        lr_alignment: str = 'window',
     ) -> None:
         super().__init__()
         self.prior_encoder = DenseBlock5(channels, prior_features, growth=prior_features)
         self.lr_encoder_stride = lr_encoder_stride
+        self.lr_alignment = lr_alignment
         if lr_encoder:
             # As the authors' LINF-LP LR encoder: conv to the level's width, then a dense block.
             # Stride 1 resizes the LR to the level's grid first; a larger stride convolves the LR
@@ -343,22 +396,30 @@ class _LevelBranch(nn.Module):
         self.generator = build_generator(generator, fused, generator_out, option_name=f'generator (level {level})')
         self.head = nn.Conv2d(generator_out, channels, 1)
 
-    def forward(self, lq: Tensor | None, z: Tensor) -> Tensor:
+    def forward(self, lq: Tensor | None, z: Tensor, window: LatentWindow | None = None) -> Tensor:
         features = self.prior_encoder(z)
         if self.lr_encoder is not None:
-            # align_corners False: the LR and latent grids cover the same image area.
-            if self.lr_encoder_stride == 1:
-                lr_features = self.lr_encoder(
-                    F.interpolate(lq, size=z.shape[-2:], mode='bilinear', align_corners=False)
-                )
-            else:
-                # The released LINF-LP order (settled by its golden vectors): strided conv on the LR,
-                # LeakyReLU, dense block, then a bilinear resize only when the grids differ.
-                lr_features = self.lr_encoder(lq)
-                if lr_features.shape[-2:] != z.shape[-2:]:
-                    lr_features = F.interpolate(lr_features, size=z.shape[-2:], mode='bilinear', align_corners=False)
-            features = torch.cat([features, lr_features], dim=1)
+            features = torch.cat([features, self._lr_features(lq, z.shape[-2:], window)], dim=1)
         return self.head(self.generator(features))
+
+    def _lr_features(self, lq: Tensor, grid: Sequence[int], window: LatentWindow | None) -> Tensor:
+        """LR features on the latent grid. The LR covers the whole HR image; with ``window`` (and
+        ``lr_alignment: window``) the features are those under the window's cells."""
+        if self.lr_alignment == 'release':
+            window = None  # the whole LR squeezed onto the window's grid, as the LINF-LP release trains
+        # align_corners False: the LR and latent grids cover the same image area.
+        if self.lr_encoder_stride == 1:
+            if window is not None:
+                return self.lr_encoder(window.sample(lq, grid))
+            return self.lr_encoder(F.interpolate(lq, size=tuple(grid), mode='bilinear', align_corners=False))
+        # The released LINF-LP order (settled by its golden vectors): strided conv on the LR,
+        # LeakyReLU, dense block, then a bilinear resize only when the grids differ.
+        lr_features = self.lr_encoder(lq)
+        if window is not None:
+            return window.sample(lr_features, grid)
+        if lr_features.shape[-2:] != tuple(grid):
+            lr_features = F.interpolate(lr_features, size=tuple(grid), mode='bilinear', align_corners=False)
+        return lr_features
 
 
 @ARCH_REGISTRY.register()
@@ -389,6 +450,12 @@ class LatentPriorNet(nn.Module):
         lr_encoder_stride (int): Stride of the LR encoder's first conv. 1 (the default) resizes the
             LR to each level's grid before the conv; the released LINF-LP uses 3 (its 3x3-patch
             latent grid), convolving the LR image itself. Default: 1.
+        lr_alignment (str): How the LR branch meets latents of a training window (an HR window
+            of the HR crop the LR covers, as LINF-LP trains). ``window``: the LR features under the
+            window's cells, exactly what whole-image inference gives those cells. ``release``: the
+            whole crop's LR features resized onto the window's grid, as the LINF-LP release trains
+            (at test time, on whole images, both are the same). Without windows it changes
+            nothing. Default: 'window'.
     """
 
     def __init__(
@@ -400,8 +467,13 @@ class LatentPriorNet(nn.Module):
         lr_features: int = 64,
         in_nc: int = 3,
         lr_encoder_stride: int = 1,
+        lr_alignment: str = 'window',
     ) -> None:
         super().__init__()
+        if lr_alignment not in LR_ALIGNMENTS:
+            raise OptionError(
+                f'LatentPriorNet: lr_alignment must be one of {", ".join(LR_ALIGNMENTS)}, got {lr_alignment!r}'
+            )
         if not latent_channels:
             raise OptionError(
                 'LatentPriorNet: latent_channels is missing or empty. The learned-prior model fills it '
@@ -426,12 +498,38 @@ class LatentPriorNet(nn.Module):
         self.use_lr_encoder = bool(lr_encoder)
         self.in_nc = in_nc
         self.lr_encoder_stride = lr_encoder_stride
+        self.lr_alignment = lr_alignment
         self.levels = nn.ModuleList(
             _LevelBranch(
-                c, gen_opt, generator_out, prior_features, self.use_lr_encoder, lr_features, in_nc, i, lr_encoder_stride
+                c,
+                gen_opt,
+                generator_out,
+                prior_features,
+                self.use_lr_encoder,
+                lr_features,
+                in_nc,
+                i,
+                lr_encoder_stride,
+                lr_alignment,
             )
             for i, c in enumerate(self.latent_channels)
         )
+
+    def small_training_grids(self, z0: Sequence[Tensor]) -> list[str]:
+        """One line per latent level whose grid is smaller than its generator learns from
+        (``min_training_grid``); empty when every level is large enough."""
+        found = []
+        for i, (branch, z) in enumerate(zip(self.levels, z0)):
+            needed = int(getattr(branch.generator, 'min_training_grid', 1))
+            h, w = z.shape[-2:]
+            if min(h, w) < needed:
+                option = getattr(branch.generator, 'min_grid_option', None)
+                lower = f' or lower generator.{option}' if option else ''
+                found.append(
+                    f'latent level {i} is a {h}x{w} grid, but the {type(branch.generator).__name__} generator needs '
+                    f'at least {needed}x{needed} (x{math.ceil(needed / min(h, w))} larger training crops{lower})'
+                )
+        return found
 
     def _check_inputs(self, lq: Tensor | None, z0: Sequence[Tensor]) -> None:
         if not isinstance(z0, (list, tuple)):
@@ -458,12 +556,17 @@ class LatentPriorNet(nn.Module):
             if lq.shape[1] != self.in_nc or lq.shape[0] != z0[0].shape[0]:
                 raise ValueError(f'LR image: expected (B={z0[0].shape[0]}, {self.in_nc}, h, w), got {tuple(lq.shape)}')
 
-    def forward(self, lq: Tensor | None, z0: Sequence[Tensor]) -> list[Tensor]:
+    def forward(
+        self, lq: Tensor | None, z0: Sequence[Tensor], windows: Sequence[LatentWindow] | None = None
+    ) -> list[Tensor]:
         """Predict the latents.
 
         Args:
             lq: The LR image (B, in_nc, h, w). Unused (may be None) with ``lr_encoder: false``.
             z0: The initial prior, one (B, C_i, H_i, W_i) tensor per level.
+            windows: For latents of training windows of larger HR images, one
+                :class:`LatentWindow` per level (see ``lr_alignment``). Default: None (``z0``
+                covers the whole HR image the LR covers).
 
         Returns:
             The predicted latents, same shapes as ``z0``.
@@ -472,7 +575,11 @@ class LatentPriorNet(nn.Module):
             ValueError: Wrong number of levels, channels, batch sizes, or a missing LR image.
         """
         self._check_inputs(lq, z0)
-        return [branch(lq, z) for branch, z in zip(self.levels, z0)]
+        if windows is None:
+            windows = [None] * len(self.levels)
+        elif len(windows) != len(self.levels):
+            raise ValueError(f'LatentPriorNet: got {len(windows)} latent windows for {len(self.levels)} level(s)')
+        return [branch(lq, z, window) for branch, z, window in zip(self.levels, z0, windows)]
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load our own weights or the authors' released SRFlow-LP or LINF-LP checkpoint.

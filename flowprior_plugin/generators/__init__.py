@@ -10,7 +10,10 @@ with another package's networks. An option file names one inside the prior netwo
       generator: {type: UNet, depth: 3, width: 64}
 
 Each generator class also has ``default_out_channels(**options)``: the width of its output
-features when the prior network lets it choose (the prior's 1x1 head follows it).
+features when the prior network lets it choose (the prior's 1x1 head follows it), and
+``min_training_grid`` / ``min_grid_option``: the smallest latent grid side it learns from more
+than borders, and the option that lowers it (the learned-prior model warns when training crops
+give smaller grids).
 """
 
 from __future__ import annotations

@@ -70,6 +70,11 @@ class EDSRBaseline(nn.Module):
         """Output width when the caller lets the generator choose: ``width``."""
         return width
 
+    # A heuristic floor, not a hard limit: below 8x8 most cells of a 3x3-conv trunk read zero
+    # padding through the first residual block already.
+    min_training_grid = 8
+    min_grid_option = 'num_blocks'
+
     def forward(self, x: Tensor) -> Tensor:
         """Map (B, in_channels, H, W) to (B, out_channels, H, W)."""
         x = self.head(x)

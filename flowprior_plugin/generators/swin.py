@@ -107,6 +107,14 @@ class SwinT(nn.Module):
         """Output width when the caller lets the generator choose: the last head width."""
         return list(head_channels)[-1] if len(head_channels) else embed_dim
 
+    @property
+    def min_training_grid(self) -> int:
+        """Smallest latent grid side worth training on: two attention windows per side, so that
+        shifted windows mix tokens of different windows instead of padding."""
+        return 2 * self.window_size
+
+    min_grid_option = 'window_size'
+
     def forward(self, x: Tensor) -> Tensor:
         """Map (B, in_channels, H, W) to (B, out_channels, H, W)."""
         h, w = x.shape[-2:]

@@ -108,6 +108,15 @@ class UNet(nn.Module):
         """Output width when the caller lets the generator choose: ``width``."""
         return width
 
+    @property
+    def min_training_grid(self) -> int:
+        """Smallest latent grid side this UNet learns from more than its borders: its deepest map
+        (``grid / 2**depth``) must be at least 2x2, else every pooled feature is one border pixel."""
+        return 2 ** (self.depth + 1)
+
+    # The option that lowers :attr:`min_training_grid`, named by the training-geometry warning.
+    min_grid_option = 'depth'
+
     def _padded_size(self, x: Tensor) -> tuple[int, int]:
         minimum = 2**self.depth
         h, w = max(x.shape[-2], minimum), max(x.shape[-1], minimum)

@@ -18,12 +18,20 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor
 
+from flowprior_plugin.archs.latent_prior_arch import LatentWindow
 from flowprior_plugin.errors import OptionError
-from flowprior_plugin.flow_protocol import OutputSize, check_flow_protocol
+from flowprior_plugin.flow_protocol import HRWindow, OutputSize, check_flow_protocol
 from flowprior_plugin.models.flow_base import FlowBaseModel
+
+TRAINING_LOSSES = ('latent_opt', 'perceptual_opt', 'pixel_opt')
 
 INITIAL_PRIORS = ('encoded_upsample', 'zeros', 'gaussian')
 PRIOR_METHOD = 'prior'
+
+
+def prior_method_name(temperature: float) -> str:
+    """Name of sampling at ``temperature`` around the prior's latents (``prior+0.3``)."""
+    return f'{PRIOR_METHOD}+{float(temperature):g}'
 
 
 @MODEL_REGISTRY.register()
@@ -38,7 +46,11 @@ class FlowPriorModel(FlowBaseModel):
             its ``latent_channels`` are taken from the flow.
         initial_prior (dict): ``{type: encoded_upsample}`` (Default, as released),
             ``{type: zeros}`` or ``{type: gaussian, temperature: 0.8}`` (the paper's ablation).
-        train.latent_opt / train.perceptual_opt: loss options; at least one is required.
+        train.latent_opt / train.perceptual_opt / train.pixel_opt: loss options; at least one is
+            required. ``latent_opt`` (L1 to the flow's encoding of the HR) and ``perceptual_opt``
+            are the paper's; ``pixel_opt`` (any BasicSR pixel loss, e.g. L1Loss, on the SR decoded
+            through the frozen flow, logged as ``l_pix``) is beyond the paper. A loss with weight 0
+            costs nothing: it is only computed, for the log, every ``logger.print_freq`` iterations.
         val.temperatures (list[float]): Temperature sampling compared with the prior. Default: none.
     """
 
@@ -112,11 +124,17 @@ class FlowPriorModel(FlowBaseModel):
 
     def init_training_settings(self):
         train_opt = self.opt['train']
-        latent_opt, perceptual_opt = train_opt.get('latent_opt'), train_opt.get('perceptual_opt')
-        if not latent_opt and not perceptual_opt:
-            raise OptionError('FlowPriorModel: set train.latent_opt and/or train.perceptual_opt (both are missing)')
-        self.cri_latent = build_loss(latent_opt).to(self.device) if latent_opt else None
-        self.cri_perceptual = build_loss(perceptual_opt).to(self.device) if perceptual_opt else None
+        if not any(train_opt.get(name) for name in TRAINING_LOSSES):
+            raise OptionError(
+                f'FlowPriorModel: set at least one of train.{", train.".join(TRAINING_LOSSES)} (all are missing)'
+            )
+        self.cri_latent, self.cri_perceptual, self.cri_pix = (
+            build_loss(train_opt[name]).to(self.device) if train_opt.get(name) else None for name in TRAINING_LOSSES
+        )
+        losses = [loss for loss in (self.cri_latent, self.cri_perceptual, self.cri_pix) if loss is not None]
+        if all(float(getattr(loss, 'loss_weight', 1.0)) == 0 for loss in losses):
+            raise OptionError('FlowPriorModel: every training loss has loss_weight 0; nothing would be trained')
+        self._geometry_checked = False
         self.net_g.train()
         self.setup_ema()
         self.setup_optimizers()
@@ -138,41 +156,89 @@ class FlowPriorModel(FlowBaseModel):
         temperature = 0.0 if kind == 'zeros' else float(self.initial_prior_opt['temperature'])
         return self.net_flow.sample_latents(lq, temperature, generator=generator, cond=cond, out_size=out_size)
 
+    def latent_windows(self, z0: list[Tensor], out_size: OutputSize) -> list[LatentWindow] | None:
+        """Where each latent level of a batch of HR windows sits in its whole image's latent grid
+        (None when the batch holds whole images)."""
+        if not isinstance(out_size, HRWindow) or out_size.is_whole():
+            return None
+        return [LatentWindow.from_hr_window(out_size, z.shape[-2:]) for z in z0]
+
+    def _check_training_geometry(self, z0: list[Tensor]) -> None:
+        """Warn once when the first batch's latent grids are too small for the generator: the
+        prior then learns mostly from crop borders and fails on whole images."""
+        self._geometry_checked = True
+        check = getattr(self.get_bare_model(self.net_g), 'small_training_grids', None)
+        problems = check(z0) if callable(check) else []
+        if problems:
+            get_root_logger().warning(
+                'FlowPriorModel: the training crops are too small for the latent generator: '
+                + '; '.join(problems)
+                + '. Raise datasets.train.gt_size (or lq_size and gt_size for ArbitraryScaleSRDataset).'
+            )
+
+    def _wanted(self, loss: torch.nn.Module | None, current_iter: int) -> bool:
+        """Whether to compute a loss this step: always when it trains, and for the log only when
+        its weight is 0."""
+        if loss is None:
+            return False
+        if float(getattr(loss, 'loss_weight', 1.0)) != 0:
+            return True
+        return current_iter % int(self.opt['logger'].get('print_freq', 1)) == 0
+
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
         out_size = self._out_size()  # the gt's size (or its HR windows) for an arbitrary-scale flow
+        want_latent = self._wanted(self.cri_latent, current_iter)
         with torch.no_grad():  # everything the frozen flow computes without the prior
             cond = self.net_flow.condition(self.lq)
             z0 = self.initial_prior(self.lq, cond, out_size=out_size)
-            target = self.net_flow.encode(self.lq, self.gt, cond=cond, out_size=out_size) if self.cri_latent else None
-        latents = self.net_g(self.lq, z0)
+            target = self.net_flow.encode(self.lq, self.gt, cond=cond, out_size=out_size) if want_latent else None
+        if not self._geometry_checked:
+            self._check_training_geometry(z0)
+        windows = self.latent_windows(z0, out_size)
+        latents = self.net_g(self.lq, z0) if windows is None else self.net_g(self.lq, z0, windows)
         loss_dict = OrderedDict()
         l_total = 0
-        if self.cri_latent:
+        if want_latent:
             l_latent = self.cri_latent(latents, target)
             loss_dict['l_latent'] = l_latent
             l_total = l_total + l_latent
-        if self.cri_perceptual:
+        want_pix = self._wanted(self.cri_pix, current_iter)
+        if want_pix or self._wanted(self.cri_perceptual, current_iter):
             # Gradients reach the prior through the frozen flow's inverse.
             sr = self.net_flow.decode(self.lq, latents, cond=cond, out_size=out_size)
-            l_percep, l_style = self.cri_perceptual(sr.clamp(0, 1), self.gt)
-            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
-                if value is not None:
-                    loss_dict[name] = value
-                    l_total = l_total + value
+            if want_pix:
+                l_pix = self.cri_pix(sr, self.gt)
+                loss_dict['l_pix'] = l_pix
+                l_total = l_total + l_pix
+            if self._wanted(self.cri_perceptual, current_iter):
+                l_percep, l_style = self.cri_perceptual(sr.clamp(0, 1), self.gt)
+                for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                    if value is not None:
+                        loss_dict[name] = value
+                        l_total = l_total + value
         self.apply_loss(l_total, loss_dict, current_iter)
 
     # ---------------------------------------------------------------- evaluation
     default_temperatures = ()  # the prior alone unless val.temperatures asks for sampling too
 
     def evaluation_methods(self) -> list[str]:
-        return [PRIOR_METHOD, *super().evaluation_methods()]
+        """``prior``, then ``prior+<t>`` per ``val.prior_temperatures`` (samples around the
+        prior's latents), then temperature sampling."""
+        around = (self.opt.get('val') or {}).get('prior_temperatures') or []
+        return [PRIOR_METHOD, *(prior_method_name(t) for t in around), *super().evaluation_methods()]
 
     @property
     def evaluated_network(self):
         return self.prior_net
 
-    def method_latents(self, method, lq, cond, generator, out_size):
-        if method == PRIOR_METHOD:
-            return self.prior_net(lq, self.initial_prior(lq, cond, generator, out_size=out_size))
-        return super().method_latents(method, lq, cond, generator, out_size)
+    def method_latents(self, method, inputs, generator):
+        """``prior``: the predicted latents z_hat; ``prior+<t>``: z_hat with Gaussian noise at t
+        around it (z_hat computed once for every sample); else temperature sampling."""
+        if method != PRIOR_METHOD and not method.startswith(PRIOR_METHOD + '+'):
+            return super().method_latents(method, inputs, generator)
+        lq, out_size = inputs.lq, inputs.out_size
+        z0 = self.initial_prior(lq, inputs.cond, generator, out_size=out_size)
+        windows = self.latent_windows(z0, out_size)  # a window of the whole image (a tile of LINF)
+        mean = self.prior_net(lq, z0) if windows is None else self.prior_net(lq, z0, windows)
+        return mean, 0.0 if method == PRIOR_METHOD else float(method[len(PRIOR_METHOD) + 1 :])

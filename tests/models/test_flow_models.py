@@ -120,7 +120,7 @@ def test_latent_channels_come_from_the_flow_and_wrong_ones_are_refused(tmp_path)
 
 
 def test_needs_a_loss_and_a_known_initial_prior(tmp_path):
-    with pytest.raises(OptionError, match='latent_opt and/or train.perceptual_opt'):
+    with pytest.raises(OptionError, match='train.latent_opt, train.perceptual_opt, train.pixel_opt'):
         prior_model(tmp_path, train=_train_opt())
     with pytest.raises(OptionError, match="initial_prior.type 'noise'"):
         prior_model(tmp_path, initial_prior={'type': 'noise'})
