@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize
 from flowprior_plugin.layers.flow_layers import ActNorm, standardize_per_pixel
+from flowprior_plugin.tiling import TileInputs
 
 
 def gaussian_latents(
@@ -124,6 +125,8 @@ class FlowNet(CheckpointCheckedModule):
     """
 
     condition_type: ClassVar[type[FlowCondition]]
+    # Tiled prediction (flowprior_plugin.tiling) works with every flow of this package.
+    supports_tiling: ClassVar[bool] = True
 
     def forward(
         self,
@@ -169,6 +172,32 @@ class FlowNet(CheckpointCheckedModule):
         if cond is not None:
             self._resolve_cond(lq, cond)
         return gaussian_latents(shapes, temperature, generator, like=lq)
+
+    # ------------------------------------------------------------------ tiling hooks
+    def latent_strides(self) -> list[int]:
+        """HR pixels per latent cell of each level, in latent order (SRFlow 4X: [2, 8]); read from
+        the latent shapes of a small LR. Tiled prediction slices whole-image latents with them."""
+        side = 8 * self.lr_multiple
+        probe = torch.empty(1, self.in_nc, side, side, device='meta')
+        return [side * self.scale // shape[-2] for shape in self.sampled_shapes(probe, None)]
+
+    def tile_alignment(self) -> int:
+        """HR grid (pixels) that tile borders sit on: whole LR pixels (``lr_multiple`` of them) and
+        whole cells of every latent level."""
+        return math.lcm(self.scale * self.lr_multiple, *self.latent_strides())
+
+    def tile_context(self, lq: Tensor, hr_size: Sequence[int]) -> Any:
+        """What tiled prediction computes once on the whole LR and hands to every
+        :meth:`tile_inputs`. Here nothing: each tile conditions on its own LR crop."""
+        return None
+
+    def tile_inputs(self, lq: Tensor, context: Any, box: Sequence[int], hr_size: Sequence[int]) -> TileInputs:
+        """The flow's inputs for the HR ``box`` (top, bottom, left, right, on :meth:`tile_alignment`)
+        of a whole image of ``hr_size``: here the LR crop under the box and its own conditioning,
+        so the tile decodes as a small image (its margin absorbs the border effects)."""
+        top, bottom, left, right = (int(v) // self.scale for v in box)
+        crop = lq[..., top:bottom, left:right]
+        return TileInputs(crop, self.condition(crop), None, tuple(box))
 
     def _resolve_cond(self, lq: Tensor, cond: FlowCondition | None) -> FlowCondition:
         """``cond`` checked against ``lq``, or ``condition(lq)`` when None."""

@@ -91,6 +91,7 @@ from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
 from flowprior_plugin.layers.local_fourier import local_fourier_features, make_coord, window_coord
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
 from flowprior_plugin.layers.rrdb_encoder import RRDBEncoder
+from flowprior_plugin.tiling import TileInputs
 
 ENCODERS = ('edsr_baseline', 'rrdb')
 DEQUANTIZATIONS = ('none', 'uniform')
@@ -631,6 +632,31 @@ class LINFNet(FlowNet):
     def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
         """LINF has no data-dependent initialisation: never runs, returns False."""
         return False
+
+    # ------------------------------------------------------------------ tiling hooks
+    def latent_strides(self) -> list[int]:
+        """One latent cell per ``patch_size`` HR pixels."""
+        return [self.patch_size]
+
+    def tile_alignment(self) -> int:
+        """Tiles start on the patch grid (any HR pixel at patch size 1)."""
+        return self.patch_size
+
+    def tile_context(self, lq: Tensor, hr_size: Sequence[int]) -> LINFCondition:
+        """The whole LR's conditioning (LR-sized maps): every tile is a window of the whole image."""
+        return self.condition(lq)
+
+    def tile_inputs(self, lq: Tensor, context: Any, box: Sequence[int], hr_size: Sequence[int]) -> TileInputs:
+        """A window of the whole HR image, decoded with the whole LR's conditioning: exactly the
+        pixels a whole decode gives, at any scale."""
+        top, bottom, left, right = (int(v) for v in box)
+        b = lq.shape[0]
+        window = HRWindow(
+            (bottom - top, right - left),
+            full_size=torch.tensor([list(hr_size)] * b, device=lq.device),
+            offset=torch.tensor([[top, left]] * b, device=lq.device),
+        )
+        return TileInputs(lq, context, window, (top, bottom, left, right))
 
     def decode_residual(
         self,

@@ -23,6 +23,7 @@ import math
 import os
 import os.path as osp
 from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,8 +36,11 @@ from torch import Tensor
 
 from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
 from flowprior_plugin.flow_protocol import HRWindow, OutputSize
+from flowprior_plugin.tiling import TileInputs, TileOptions, predict_tiled, predict_whole
 
 DEFAULT_TEMPERATURES = (0.9,)
+# Metrics that score an SR without a GT (computed on LR-only test sets too).
+NO_GT_METRICS = frozenset({'calculate_lr_psnr', 'calculate_grid_seam', 'calculate_grid_periodicity'})
 
 
 def method_name(temperature: float) -> str:
@@ -134,17 +138,22 @@ class FlowBaseModel(SRModel):
         """The network put in eval mode while predicting (the one that is being trained)."""
         return self.flow
 
-    def method_latents(
-        self,
-        method: str,
-        lq: Tensor,
-        cond,
-        generator: torch.Generator,
-        out_size: OutputSize,
-    ) -> list[Tensor]:
-        """The latents one method decodes; here temperature sampling (``tau<t>``)."""
-        temperature = {method_name(t): t for t in self.temperatures()}[method]
-        return self.flow.sample_latents(lq, temperature, generator=generator, cond=cond, out_size=out_size)
+    def method_latents(self, method: str, inputs: TileInputs, generator: torch.Generator) -> tuple[list | None, float]:
+        """What one method decodes for ``inputs`` (the whole image or a tile): its mean latents
+        (None: zeros) and the temperature of the Gaussian noise around them. Here temperature
+        sampling (``tau<t>``): no mean, noise at t."""
+        return None, {method_name(t): t for t in self.temperatures()}[method]
+
+    def tile_options(self) -> TileOptions | None:
+        """``val.tile`` (``{size, overlap}`` in LR pixels), or None: whole images."""
+        return TileOptions.from_option((self.opt.get('val') or {}).get('tile'))
+
+    def samples(self) -> int:
+        """``val.samples``: draws per method with noise (diversity needs 2 or more). Default: 1."""
+        samples = (self.opt.get('val') or {}).get('samples', 1)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise OptionError(f'val.samples must be a positive integer, got {samples!r}')
+        return samples
 
     def predict(
         self,
@@ -152,20 +161,21 @@ class FlowBaseModel(SRModel):
         methods: list[str],
         generator: torch.Generator,
         out_size: OutputSize = None,
-    ) -> dict[str, Tensor]:
-        """SR images (uncropped, unclamped) of ``lq`` for each method, in eval mode, of size
-        ``out_size`` (None: the flow's ``lq * scale``); one conditioning serves every method."""
+        progress=None,
+    ) -> dict[str, list[Tensor]]:
+        """SR images (uncropped, unclamped) of ``lq`` per method, a list of ``val.samples`` draws for
+        methods with noise (one image otherwise), in eval mode, of size ``out_size`` (None: the
+        flow's ``lq * scale``). One conditioning and one mean per method serve every sample; with
+        ``val.tile`` the image is computed tile by tile (:mod:`flowprior_plugin.tiling`)."""
         net = self.evaluated_network
         was_training = net.training
         net.eval()
+        named = {name: partial(self.method_latents, name, generator=generator) for name in methods}
+        tile = self.tile_options()
         try:
-            cond = self.flow.condition(lq)
-            return {
-                name: self.flow.decode(
-                    lq, self.method_latents(name, lq, cond, generator, out_size), cond=cond, out_size=out_size
-                )
-                for name in methods
-            }
+            if tile is None or isinstance(out_size, HRWindow):
+                return predict_whole(self.flow, lq, named, generator, out_size, self.samples())
+            return predict_tiled(self.flow, lq, named, generator, tile, out_size, self.samples(), progress)
         finally:
             net.train(was_training)
 
@@ -176,7 +186,9 @@ class FlowBaseModel(SRModel):
 
     def feed_data(self, data):
         """BasicSR's feed_data, plus the HR windows of datasets that say where ``gt`` sits in the
-        HR image the LR covers (``hr_size`` and ``window``, as :class:`ArbitraryScaleSRDataset`)."""
+        HR image the LR covers (``hr_size`` and ``window``, as :class:`ArbitraryScaleSRDataset`).
+        An image with NaN or inf pixels is named in a warning, once per image."""
+        self._warn_nonfinite_inputs(data)
         super().feed_data(data)
         self.hr_window = None
         if 'gt' in data and 'hr_size' in data and 'window' in data:
@@ -191,6 +203,24 @@ class FlowBaseModel(SRModel):
                 )
             self.hr_window = window
 
+    def _warn_nonfinite_inputs(self, data: dict) -> None:
+        # Checked on the loader's CPU tensors (no GPU sync); a clean batch costs one isfinite.
+        warned = self.__dict__.setdefault('_nonfinite_inputs_warned', set())
+        for key in ('lq', 'gt'):
+            images = data.get(key)
+            if not isinstance(images, Tensor) or bool(torch.isfinite(images).all()):
+                continue
+            paths = data.get(f'{key}_path') or []
+            bad = (~torch.isfinite(images)).flatten(1).sum(1)
+            for index in bad.nonzero().flatten().tolist():
+                name = paths[index] if index < len(paths) else f'batch item {index}'
+                if (key, name) not in warned:
+                    warned.add((key, name))
+                    get_root_logger().warning(
+                        f'input {key} image {name}: {int(bad[index])} non-finite values (NaN/inf); '
+                        'a training step with it has a non-finite loss and is skipped'
+                    )
+
     def _out_size(self) -> OutputSize:
         """What the flow's ``out_size`` is for the current batch: the HR windows when the gt is a
         window of a larger HR image, the gt's size for an arbitrary-scale flow, else None
@@ -201,7 +231,9 @@ class FlowBaseModel(SRModel):
             return int(self.gt.shape[-2]), int(self.gt.shape[-1])
         return None
 
-    def _predict_cropped(self, methods: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+    def _predict_cropped(
+        self, methods: list[str], generator: torch.Generator, progress=None
+    ) -> dict[str, list[Tensor]]:
         flow = self.flow
         lq = pad_to_multiple(self.lq, flow.lr_multiple)
         out_size = self._out_size()
@@ -221,14 +253,14 @@ class FlowBaseModel(SRModel):
                 math.ceil(out_w * lq.shape[-1] / self.lq.shape[-1]),
             )
         with torch.no_grad():
-            results = self.predict(lq, methods, generator, out_size=padded_size)
-        return {name: sr[..., :out_h, :out_w] for name, sr in results.items()}
+            results = self.predict(lq, methods, generator, out_size=padded_size, progress=progress)
+        return {name: [sr[..., :out_h, :out_w] for sr in draws] for name, draws in results.items()}
 
     def test(self):
         """BasicSR's hook: ``self.output`` = the primary method's SR."""
         generator = self._validation_generator()
         primary = self.evaluation_methods()[0]
-        self.output = self._predict_cropped([primary], generator)[primary]
+        self.output = self._predict_cropped([primary], generator)[primary][0]
 
     def _validation_generator(self) -> torch.Generator:
         seed = int((self.opt.get('val') or {}).get('seed', 0))
@@ -251,27 +283,38 @@ class FlowBaseModel(SRModel):
             outputs = self._predict_cropped(methods, generator)
             lq_img = tensor2img(self.lq.detach().cpu())
             gt_img = tensor2img(self.gt.detach().cpu()) if hasattr(self, 'gt') else None
-            for method, sr in outputs.items():
-                finite = bool(torch.isfinite(sr).all())
-                # A non-finite image is scored as the user would see it: NaN/inf pixels black/white.
-                shown = torch.nan_to_num(sr.detach().cpu(), nan=0.0, posinf=1.0, neginf=0.0)
-                sr_img = tensor2img(shown)
+            # Without a GT (LR-only data such as SingleImageDataset) only the metrics that need none.
+            wanted = {n: o for n, o in metrics_opt.items() if gt_img is not None or o['type'] in NO_GT_METRICS}
+            for method, draws in outputs.items():
+                finite = all(bool(torch.isfinite(sr).all()) for sr in draws)
                 row = OrderedDict(image=img_name, method=method, finite=finite)
-                if gt_img is not None:
+                scores: dict[str, list[float]] = {name: [] for name in wanted}
+                for k, sr in enumerate(draws):
+                    # A non-finite image is scored as the user would see it: NaN/inf pixels black/white.
+                    shown = torch.nan_to_num(sr.detach().cpu(), nan=0.0, posinf=1.0, neginf=0.0)
+                    sr_img = tensor2img(shown)
                     # The releases' protocols (calculate_release_protocol) score the float SR, not
                     # the rounded uint8 one: HWC RGB float32, unclamped; other metrics ignore it.
                     sr_float_rgb = shown[0].permute(1, 2, 0).float().numpy()
                     data = dict(img=sr_img, img2=gt_img, lq=lq_img, sr_float_rgb=sr_float_rgb)
-                    for name, metric_opt in metrics_opt.items():
-                        row[name] = self._metric(name, metric_opt, data, skipped)
+                    for name, metric_opt in wanted.items():
+                        scores[name].append(self._metric(name, metric_opt, data, skipped))
+                    if save_img:
+                        name = img_name if k == 0 else f'{img_name}_s{k}'
+                        imwrite(sr_img, self._image_path(dataset_name, name, method, current_iter))
+                row.update((name, float(np.mean(values))) for name, values in scores.items())
+                if len(draws) > 1:
+                    row['diversity'] = sample_diversity(draws)
                 rows.append(row)
-                if save_img:
-                    imwrite(sr_img, self._image_path(dataset_name, img_name, method, current_iter))
             if hasattr(self, 'gt'):
                 del self.gt
             del self.lq
 
-        summary = summarize(rows, methods, list(metrics_opt))
+        columns = [name for name in metrics_opt if any(name in row for row in rows)]
+        metrics_opt = {name: metrics_opt[name] for name in columns}
+        if any('diversity' in row for row in rows):
+            columns.append('diversity')
+        summary = summarize(rows, methods, columns)
         self._record_metrics(summary, dataset_name, current_iter, metrics_opt, tb_logger)
         logger.info(format_summary(summary, dataset_name, current_iter, skipped))
         if not self.opt['is_train']:
@@ -358,6 +401,13 @@ def format_run_table(rows: list[dict], name: str, skipped: dict[str, str]) -> st
     for metric, reason in skipped.items():
         lines.append(f'\n{metric} skipped: {reason}')
     return '\n'.join(lines) + '\n'
+
+
+def sample_diversity(draws: list[Tensor]) -> float:
+    """HCFlow's diversity: the per-pixel standard deviation across samples, averaged over the
+    image, in 8-bit levels (images clamped to [0, 1] first)."""
+    stacked = torch.stack([d.detach().float().nan_to_num(0.0).clamp(0, 1) for d in draws])
+    return float(stacked.std(dim=0, unbiased=False).mean() * 255.0)
 
 
 def summarize(rows: list[dict], methods: list[str], metric_names: list[str]) -> list[dict]:
