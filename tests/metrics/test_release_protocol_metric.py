@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from basicsr.archs import build_network
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.metrics import calculate_metric
 from basicsr.metrics.psnr_ssim import calculate_psnr
@@ -178,8 +179,6 @@ def cli_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('release_protocol')
     data = write_paired_images(root / 'data', count=2, hr_size=(48, 64), scale=4)
     torch.manual_seed(3)
-    from basicsr.archs import build_network
-
     torch.save({'params': build_network(dict(TINY_LINF)).state_dict()}, root / 'flow.pth')
     dataset = {
         'name': 'tiny',
