@@ -16,6 +16,7 @@ from flowprior_plugin.archs.hcflow_arch import (
     HCFlowCondition,
     HCFlowNet,
     official_hcflow_options,
+    quantize_straight_through,
     read_hcflow_architecture,
 )
 from flowprior_plugin.errors import CheckpointMismatchError
@@ -42,6 +43,18 @@ def key_list(reference_dir, golden_weights, config: str) -> list[tuple[str, tupl
 
 def lr_hr(net: HCFlowNet, h: int = 3, w: int = 5, batch: int = 2, dtype=torch.float32, seed: int = 1):
     return random_lr_hr(net.scale, h, w, batch, dtype, seed)
+
+
+def quantized_8bit(y: torch.Tensor) -> torch.Tensor:
+    """q(y) of HCFLOW.md's LR term, written from the formula: round(clamp(y, 0, 1) * 255) / 255."""
+    return torch.round(torch.clamp(y, 0, 1) * 255) / 255
+
+
+def lr_term(lq: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """HCFLOW.md's LR term log N(lq; q(y), sigma^2) with log sigma = -6, summed per image."""
+    sigma = math.exp(-6.0)
+    density = -0.5 * ((lq - quantized_8bit(y)) / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+    return density.flatten(1).sum(1)
 
 
 # ---------------------------------------------------------------- checkpoint format
@@ -91,12 +104,18 @@ def test_bad_options_are_named():
 # ---------------------------------------------------------------- golden vectors of the release
 
 
-@pytest.mark.parametrize('config', list(GOLDEN))
-def test_golden_vectors_of_the_release(reference_dir, golden_weights, config):
-    golden = load_golden(reference_dir, GOLDEN[config])
+@pytest.fixture(scope='module', params=list(GOLDEN))
+def golden_case(request, reference_dir, golden_weights):
+    """(the official net in float64 with the golden weights of seed 0, the golden file), per config."""
+    config = request.param
     state = golden_weights.golden_state_dict(reference_dir / KEY_FILES[config], dtype=torch.float64)
     net = HCFlowNet(**official_hcflow_options(config)).double().eval()
     net.load_state_dict(state, strict=True)
+    return net, load_golden(reference_dir, GOLDEN[config])
+
+
+def test_golden_vectors_of_the_release(golden_case):
+    net, golden = golden_case
     hr, lq = golden['hr'], golden['lr']
     # The golden decode starts from the flow's own LR, so encode conditioned on the given LR and
     # the release's encode from the HR alone (conditioned on its own LR) coincide here.
@@ -107,13 +126,23 @@ def test_golden_vectors_of_the_release(reference_dir, golden_weights, config):
         latents, encoded_lr = net.encode_with_lr(lq, hr, cond=cond)
         sr = net.decode(lq, golden['decode_latents'], cond=cond)
 
-    assert rel_err(own_lr, golden['encoded_lr']) < 1e-6
-    assert rel_err(encoded_lr, golden['encoded_lr']) < 1e-6
+    assert rel_err(own_lr, golden['encoded_lr']) < 1e-9
+    assert rel_err(encoded_lr, golden['encoded_lr']) < 1e-9
     assert [z.shape for z in latents] == [z.shape for z in golden['latents']]
     for ours, theirs, ref in zip(latents, released, golden['latents']):
-        assert rel_err(ours, ref) < 1e-6
-        assert rel_err(theirs, ref) < 1e-6
-    assert rel_err(sr, golden['sr_unclamped']) < 1e-6
+        assert rel_err(ours, ref) < 1e-9
+        assert rel_err(theirs, ref) < 1e-9
+    assert rel_err(sr, golden['sr_unclamped']) < 1e-9
+
+
+def test_golden_nll_of_the_release(golden_case):
+    net, golden = golden_case
+    lq, expected = golden['nll_lr'], golden['nll_bits_per_pixel_no_dequantisation']
+    assert lq.dtype == torch.float64 and torch.equal(lq * 255, (lq * 255).round())  # an 8-bit LR
+    with torch.no_grad():
+        nll = net.nll(lq, golden['hr'])
+    assert nll.shape == expected.shape
+    assert rel_err(nll, expected) < 1e-9, (nll.item(), expected.item())
 
 
 # ---------------------------------------------------------------- flow invariants
@@ -147,26 +176,72 @@ def test_round_trips_with_every_parameter_randomised(scale):
 def test_log_determinant_matches_brute_force_jacobian():
     net = tiny_net(scale=4, nf=4, gc=4, K=2, n_additional_steps=1, hidden_channels=4).double()
     lq, gt = lr_hr(net, h=2, w=2, batch=1, dtype=torch.float64)
-    cond = net.condition(lq)
 
-    def flat_outputs(x):  # x -> (the flow's own LR, eps_0, eps_1): a bijection
-        latents, y = net.encode_with_lr(lq, x.view_as(gt), cond=cond)
+    def flat_outputs(x):  # x -> (the flow's own LR y, eps_0, eps_1), every level conditioned on y
+        latents, y = net.encode_hr(x.view_as(gt))
         return torch.cat([y.flatten(), *[z.flatten() for z in latents]])
 
-    jac = torch.autograd.functional.jacobian(flat_outputs, gt.flatten())
+    jac = torch.autograd.functional.jacobian(flat_outputs, gt.flatten(), vectorize=True)  # ~10x faster
     assert jac.shape == (gt.numel(), gt.numel())
     brute = torch.linalg.slogdet(jac)[1]
 
-    # nll * ln2 * HW = -(log|det J| + sum_l log N(eps_l; 0, I) + log N(lq; y, exp(-3)^2)): the
+    # nll * ln2 * HW = -(log|det J| + sum_l log N(eps_l; 0, I) + log N(lq; q(y), e^-6 std)): the
     # standardised latents are standard normal under the model, so the implied log-det follows.
+    # The quantiser q enters only the LR term's value, not the bijection, so J is smooth.
     with torch.no_grad():
         num_pixels = gt.shape[2] * gt.shape[3]
-        nll = net.nll(lq, gt, cond=cond)
-        latents, y = net.encode_with_lr(lq, gt, cond=cond)
-        log_prior = sum(gaussian_log_prob(z) for z in latents)
-        log_prior = log_prior + gaussian_log_prob(lq, y, torch.full_like(lq, -3.0))
+        nll = net.nll(lq, gt)
+        latents, y = net.encode_hr(gt)
+        log_prior = sum(gaussian_log_prob(z) for z in latents) + lr_term(lq, y)
         implied = -nll * math.log(2) * num_pixels - log_prior
     assert torch.allclose(implied, brute, rtol=1e-9, atol=1e-9)
+
+
+def test_nll_depends_on_the_lr_only_through_its_quantised_lr_term():
+    # Every level is conditioned on the flow's own LR, so two LRs change the NLL by the LR terms
+    # alone: log N(lq; q(y), e^-6 std), an 8-bit q(y). lq_b differs from lq_a by 1/255 in places.
+    net = tiny_net().double()
+    lq_a, gt = lr_hr(net, dtype=torch.float64)
+    lq_a = quantized_8bit(lq_a)
+    step = torch.randint(-1, 2, lq_a.shape, generator=torch.Generator().manual_seed(2)).double()
+    lq_b = lq_a + step / 255
+    with torch.no_grad():
+        _, y = net.encode_hr(gt)
+        change = net.nll(lq_b, gt) - net.nll(lq_a, gt)
+    expected = -(lr_term(lq_b, y) - lr_term(lq_a, y)) / (math.log(2) * gt.shape[2] * gt.shape[3])
+    assert expected.abs().min() > 1.0  # the LR term is strong: 1/255 off costs bits per pixel
+    assert torch.allclose(change, expected, rtol=1e-9, atol=1e-9), (change, expected)
+
+
+def test_quantiser_is_8bit_forward_and_identity_backward():
+    y = torch.tensor([-0.3, 0.0, 0.2, 0.50197, 0.9999, 1.7], dtype=torch.float64, requires_grad=True)
+    q = quantize_straight_through(y)
+    assert torch.allclose(q, quantized_8bit(y.detach()), rtol=0, atol=1e-15)
+    weights = torch.arange(1.0, 7.0, dtype=torch.float64)
+    (q * weights).sum().backward()
+    assert torch.equal(y.grad, weights)  # straight through the rounding and the clamp
+
+
+def test_lr_term_gradient_goes_straight_through_the_quantiser():
+    # d nll / d gt for two LRs differs by the LR term's gradient alone, carried back through y as
+    # if q(y) were y: J_y^T (-(lq_a - lq_b) / sigma^2) / (ln2 H W). A rounding without the
+    # straight-through gradient would give no difference at all.
+    net = tiny_net().double()
+    lq_a, gt = lr_hr(net, dtype=torch.float64)
+    lq_b = torch.rand(lq_a.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def grad_gt(lq):
+        x = gt.clone().requires_grad_()
+        net.nll(lq, x).sum().backward()
+        return x.grad
+
+    difference = grad_gt(lq_a) - grad_gt(lq_b)
+    x = gt.clone().requires_grad_()
+    y = net.encode_hr(x)[1]
+    seed = -(lq_a - lq_b) * math.exp(12.0) / (math.log(2) * gt.shape[2] * gt.shape[3])
+    (expected,) = torch.autograd.grad(y, x, grad_outputs=seed)
+    assert expected.abs().max() > 1.0
+    assert rel_err(difference, expected) < 1e-9
 
 
 def test_cached_condition_equals_uncached_and_plain_computation():
@@ -192,6 +267,10 @@ def test_cached_condition_equals_uncached_and_plain_computation():
             assert torch.equal(cached, fresh)
         assert torch.equal(sr, net.decode(lq, latents))
         assert torch.equal(net.nll(lq, gt, cond=cond), net.nll(lq, gt))
+        # The likelihood conditions on the flow's own LR: one coarsest condition (on y), never on lq.
+        calls.clear()
+        net.nll(lq, gt)
+        assert calls == ['coarsest', 'finer']
         # The factorised convolutions equal the release's plain concatenated ones.
         for ours, plain in zip(latents, net.plain_encode(lq, gt)):
             assert torch.allclose(ours, plain, rtol=1e-10, atol=1e-12)
@@ -204,6 +283,8 @@ def test_condition_for_another_lr_is_rejected():
     cond = net.condition(lq[:1])
     with pytest.raises(ValueError, match='conditioning was computed for an LR of shape'):
         net.decode(lq, net.sample_latents(lq, 0.0), cond=cond)
+    with pytest.raises(ValueError, match='conditioning was computed for an LR of shape'):
+        net.nll(lq, torch.rand(2, 3, 12, 20), cond=cond)
     with pytest.raises(TypeError, match='HCFlowCondition'):
         net.decode(lq, net.sample_latents(lq, 0.0), cond=object())
 
