@@ -1,7 +1,7 @@
-"""Fixes to BasicSR 1.4.2's training entry point, applied when the plugin is imported.
+"""Fixes to BasicSR 1.4.2's entry points, applied when the plugin is imported.
 
-BasicSR 1.4.2 is the last release and will not change, so we replace one function of
-``basicsr.train`` in memory (never on disk):
+BasicSR 1.4.2 is the last release and will not change, so we replace a few functions in memory
+(never on disk):
 
 - ``load_resume_state`` calls ``torch.cuda.current_device()``, so ``--auto_resume`` and
   ``path.resume_state`` fail on a machine without CUDA. Ours maps the state to the CPU when the
@@ -10,13 +10,32 @@ BasicSR 1.4.2 is the last release and will not change, so we replace one functio
   ``models/net_*_<iter>.pth``. A frozen network that a model never saves (the flow under the
   learned prior) has no such file; ours keeps that network's original path instead of sending
   BasicSR to a file that does not exist.
+- ``init_dist`` (``--launcher pytorch``) ignores ``dist_params``, always asks for nccl and calls
+  ``torch.cuda.set_device(rank % device_count())``, a ZeroDivisionError without CUDA. Ours takes
+  ``dist_params.backend`` (set by the ``basicsr`` command), defaults to nccl with CUDA and gloo
+  without, and sets a CUDA device only for nccl (from ``LOCAL_RANK``, so several nodes work).
+- ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on
+  the CPU; ours gives none there.
+- ``BaseModel.load_network`` lets ``torch.load`` fail with an UnpicklingError whose advice
+  (``weights_only=False``) is wrong for a corrupt or non-torch file; ours names the file.
 """
 
 from __future__ import annotations
 
+import os
 import os.path as osp
+import pickle
+from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from flowprior_plugin.errors import CheckpointReadError, OptionError
+
+# The dist_params of the option file being run; the basicsr command sets them (use_dist_params),
+# since BasicSR's parse_options calls init_dist(launcher) without them.
+_dist_params: dict[str, Any] = {}
+DIST_BACKENDS = ('gloo', 'nccl', 'mpi', 'ucc')
 
 
 def _resume_map_location(opt: dict):
@@ -45,8 +64,6 @@ def load_resume_state(opt: dict):
     if resume_state_path is None:
         return None
     if not osp.isfile(resume_state_path):
-        from flowprior_plugin.errors import OptionError
-
         raise OptionError(f'path.resume_state: no such file: {resume_state_path}')
     # Resume states hold optimizer and scheduler states (a Counter of milestones): not weights-only.
     resume_state = torch.load(resume_state_path, map_location=_resume_map_location(opt), weights_only=False)
@@ -58,8 +75,114 @@ def load_resume_state(opt: dict):
     return resume_state
 
 
+def _backend_available(name: str) -> bool:
+    check = getattr(dist, f'is_{name}_available', None)
+    if name == 'nccl' and not torch.cuda.is_available():
+        return False
+    return bool(check and check())
+
+
+def available_backends() -> list[str]:
+    """The torch.distributed backends this machine can run (nccl only with CUDA)."""
+    return [name for name in DIST_BACKENDS if _backend_available(name)]
+
+
+def resolve_backend(requested: str | None) -> str:
+    """The backend of ``--launcher pytorch``: ``requested`` (``dist_params.backend``) if this machine
+    can run it, else an :class:`OptionError`; None: nccl with CUDA, gloo without."""
+    if requested is None:
+        return 'nccl' if torch.cuda.is_available() else 'gloo'
+    name = str(requested).lower()
+    if name == 'nccl' and not torch.cuda.is_available():
+        raise OptionError(
+            'dist_params.backend: nccl needs CUDA GPUs and this machine has none; set dist_params.backend: gloo '
+            f'to train on CPUs (or remove it: nccl with CUDA, gloo without); available here: '
+            f'{", ".join(available_backends())}'
+        )
+    if not _backend_available(name):
+        raise OptionError(
+            f"dist_params.backend: '{requested}' cannot run on this machine; available here: "
+            f'{", ".join(available_backends())}'
+        )
+    return name
+
+
+def use_dist_params(params: dict | None) -> None:
+    """Remember the option file's ``dist_params`` for :func:`init_dist` (BasicSR does not pass them)."""
+    _dist_params.clear()
+    _dist_params.update(params or {})
+
+
+def init_dist(launcher: str, backend: str | None = None, **kwargs) -> None:
+    """Drop-in replacement for ``basicsr.utils.dist_util.init_dist`` that also runs on CPUs."""
+    from basicsr.utils import dist_util
+
+    if launcher != 'pytorch':  # slurm: BasicSR's own (it receives dist_params from BasicSR)
+        dist_util.init_dist(launcher, backend or 'nccl', **kwargs)
+        return
+    if torch.multiprocessing.get_start_method(allow_none=True) is None:
+        torch.multiprocessing.set_start_method('spawn')
+    backend = resolve_backend(backend if backend is not None else _dist_params.get('backend'))
+    if backend == 'nccl':
+        local_rank = int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0)))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    # torchrun gives the rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE): dist_params.port is not used.
+    dist.init_process_group(backend=backend)
+
+
+def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+    """``BaseModel.model_to_device`` with CPU DDP (no ``device_ids``) under gloo."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    net = net.to(self.device)
+    if self.opt['dist']:
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        find_unused = self.opt.get('find_unused_parameters', False)
+        return DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+    if self.opt['num_gpu'] > 1:
+        return DataParallel(net)
+    return net
+
+
+def _wrap_load_network(original):
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        try:
+            return original(self, net, load_path, strict, param_key)
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+            if not _is_read_error(exc):
+                raise
+            raise CheckpointReadError(checkpoint_read_message(load_path, exc)) from None
+
+    load_network._flowprior_wrapped = True
+    return load_network
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    # RuntimeErrors also come from load_state_dict (a real mismatch, with its own message): only the
+    # reader's own failures are a corrupt file.
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return True
+    text = str(exc)
+    return any(mark in text for mark in ('PytorchStreamReader', 'zip archive', 'invalid load key', 'magic number'))
+
+
+def checkpoint_read_message(path: str, exc: BaseException | None = None) -> str:
+    """One line for a checkpoint that ``torch.load`` cannot read."""
+    reason = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else 'unreadable'
+    if 'weights only' in reason.lower() or 'weights_only' in reason.lower():
+        # torch's advice (weights_only=False) would run arbitrary code from the file: not ours to give.
+        reason = 'it holds pickled Python objects, not only tensors; save a state dict instead'
+    return f'{path}: not a readable PyTorch checkpoint ({reason[:160]}); check the path or write it again'
+
+
 def apply_basicsr_patches() -> None:
-    """Install the replacements above into ``basicsr.train`` (idempotent)."""
+    """Install the replacements above into BasicSR's modules (idempotent)."""
     import basicsr.train
+    import basicsr.utils.options
+    from basicsr.models.base_model import BaseModel
 
     basicsr.train.load_resume_state = load_resume_state
+    basicsr.utils.options.init_dist = init_dist  # what parse_options calls
+    BaseModel.model_to_device = model_to_device
+    if not getattr(BaseModel.load_network, '_flowprior_wrapped', False):
+        BaseModel.load_network = _wrap_load_network(BaseModel.load_network)

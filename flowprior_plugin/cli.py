@@ -13,8 +13,11 @@ import argparse
 import importlib.metadata
 import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
+
+import yaml
 
 PLUGIN_GROUP = 'basicsr.plugins'
 
@@ -22,7 +25,7 @@ USAGE_EXAMPLES = """examples:
   basicsr train -opt options/srflow_prior.yml
   basicsr train -opt options/srflow_prior.yml --auto_resume
   basicsr test  -opt options/test_srflow_prior.yml
-  torchrun --nproc_per_node=4 -m flowprior_plugin train -opt options/srflow_prior.yml --launcher pytorch
+  torchrun --nproc_per_node=2 -m flowprior_plugin train -opt options/srflow_prior.yml --launcher pytorch
 """
 
 
@@ -117,17 +120,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     load_plugins()
+    from flowprior_plugin.basicsr_patches import use_dist_params
     from flowprior_plugin.option_checks import check_option_file
 
-    problems = check_option_file(opt_path, is_train=args.command == 'train')
+    problems = check_option_file(opt_path, is_train=args.command == 'train', launcher=args.launcher)
     if problems:
         for problem in problems:
             print(f'basicsr {args.command}: error: {problem}', file=sys.stderr)
         return 2
+    with open(opt_path) as handle:
+        opt = yaml.safe_load(handle)
+    use_dist_params(opt.get('dist_params'))  # BasicSR's parse_options does not pass them on
 
     # BasicSR's parse_options reads sys.argv itself.
     sys.argv = [f'basicsr {args.command}', *argv[1:]]
     root_path = os.getcwd()
+    folders = RunFolders(root_path, args.command, str(opt.get('name')))
     try:
         if args.command == 'train':
             from basicsr.train import train_pipeline
@@ -138,12 +146,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             test_pipeline(root_path)
     except Exception as exc:  # noqa: BLE001  (user errors become one line; bugs keep their traceback)
+        folders.undo()
         message = explain_error(exc, opt_path)
         if message is None:
             raise
         print(f'basicsr {args.command}: error: {message}', file=sys.stderr)
         return 2
     return 0
+
+
+class RunFolders:
+    """The folders a run makes (``experiments/<name>``, ``tb_logger/<name>``, ``results/<name>``),
+    so that a run that fails before saving anything leaves none of them behind: BasicSR would
+    otherwise archive the half-made folder on the next run. A folder that existed before the run is
+    never removed; one that BasicSR archived (renamed to ``<name>_archived_<time>``) gets its name
+    back. Only rank 0 (the rank that makes them) tidies up.
+    """
+
+    def __init__(self, root: str, command: str, name: str) -> None:
+        parents = ('experiments', 'tb_logger') if command == 'train' else ('results',)
+        names = (name, f'debug_{name}')
+        self.paths = [os.path.join(root, parent, n) for parent in parents for n in names]
+        self.existed = {path: self._archives(path) for path in self.paths if os.path.exists(path)}
+        self.absent = [path for path in self.paths if path not in self.existed]
+
+    @staticmethod
+    def _archives(path: str) -> set[str]:
+        parent, name = os.path.split(path)
+        return {entry for entry in os.listdir(parent) if entry.startswith(f'{name}_archived_')}
+
+    @staticmethod
+    def _holds_checkpoints(path: str) -> bool:
+        return any(files for sub in ('models', 'training_states') for _, _, files in os.walk(os.path.join(path, sub)))
+
+    def undo(self) -> None:
+        if os.environ.get('RANK', '0') != '0':
+            return
+        for path in self.absent:
+            if os.path.isdir(path) and not self._holds_checkpoints(path):
+                shutil.rmtree(path, ignore_errors=True)
+        for path, archives in self.existed.items():
+            new = sorted(self._archives(path) - archives)
+            if len(new) == 1 and os.path.isdir(path) and not self._holds_checkpoints(path):
+                shutil.rmtree(path, ignore_errors=True)
+                os.rename(os.path.join(os.path.dirname(path), new[0]), path)
 
 
 if __name__ == '__main__':

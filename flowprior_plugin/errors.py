@@ -15,3 +15,11 @@ class CheckpointMismatchError(FlowPriorError, ValueError):
 
 class MissingWeightsError(FlowPriorError, FileNotFoundError):
     """Pretrained weights (VGG19, AlexNet, a checkpoint) are absent and cannot be downloaded."""
+
+
+class CheckpointReadError(FlowPriorError, ValueError):
+    """A checkpoint file is corrupt, truncated or not written by ``torch.save``."""
+
+
+class InputShapeError(FlowPriorError, ValueError):
+    """An input tensor's shape does not fit the network (e.g. SRFlow's LR sides in training)."""

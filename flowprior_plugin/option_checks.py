@@ -2,14 +2,20 @@
 
 BasicSR creates the experiment folder before it builds datasets and models; a wrong ``type:`` or
 a missing path would leave a half-made experiment behind and end in a KeyError deep inside
-``build_*``. We check the names against the registries and the input paths on disk first.
+``build_*``. We check the names against the registries, every network's arguments against its
+class (and build it on the meta device, which costs no memory), the flow's scale against the
+top-level one, the input files on disk and, for a run, what the machine can do (CUDA, the
+distributed backend, torchrun's environment) first.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import zipfile
 from typing import Any
 
+import torch
 import yaml
 
 # Optimizer and scheduler entries of ``train`` name torch / BasicSR classes, not losses.
@@ -59,6 +65,87 @@ def _check_type(problems: list[str], where: str, entry: Any, registry_name: str)
         problems.append(f"{where}: unknown {registry_name} type '{name}'. Registered {registry_name} types: {known}")
 
 
+def accepted_arguments(cls: type) -> list[str] | None:
+    """Keyword arguments ``cls(...)`` accepts; None when it takes ``**kwargs`` (anything goes)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_network(problems: list[str], where: str, section: Any, built: dict[str, torch.nn.Module]) -> None:
+    """Arguments of ``network_*`` against the registered class; then a build on the meta device,
+    whose ValueError / TypeError is the message the real build would raise later."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    if not isinstance(section, dict) or not _registered(ARCH_REGISTRY, str(section.get('type'))):
+        return  # a missing or unknown type is reported by _check_type
+    cls = ARCH_REGISTRY.get(section['type'])
+    options = {k: v for k, v in section.items() if k != 'type'}
+    accepted = accepted_arguments(cls)
+    if accepted is not None:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            problems.append(
+                f'{where}.{unknown[0]}: {cls.__name__} has no argument {", ".join(repr(u) for u in unknown)}; '
+                f'its arguments: {", ".join(accepted)}'
+            )
+            return
+    if 'generator' in options and isinstance(options['generator'], dict):
+        from flowprior_plugin.errors import OptionError
+        from flowprior_plugin.generators import generator_default_out_channels
+
+        try:
+            generator_default_out_channels(options['generator'], option_name=f'{where}.generator')
+        except OptionError as exc:
+            problems.append(str(exc))
+            return
+    if accepted and 'latent_channels' in accepted and 'latent_channels' not in options:
+        flow = next(iter(built.values()), None)
+        if flow is None or not hasattr(flow, 'latent_channels'):
+            return  # FlowPriorModel fills it in from a flow that could not be built here
+        options['latent_channels'] = list(flow.latent_channels())
+    try:
+        with torch.device('meta'):
+            built[where] = cls(**options)
+    except (TypeError, ValueError) as exc:
+        message = str(exc).removeprefix(f'{cls.__name__}: ')
+        problems.append(f'{where} ({cls.__name__}): {message}')
+    except Exception:  # noqa: BLE001  (some layers cannot be built on the meta device: the real build checks them)
+        pass
+
+
+def _check_scale(problems: list[str], source: str, opt: dict, built: dict[str, torch.nn.Module]) -> None:
+    # Datasets pair LR and HR at the top-level scale; a fixed-scale flow decodes at its own.
+    scale = opt.get('scale')
+    for where, net in built.items():
+        if scale is None or getattr(net, 'arbitrary_scale', True) or not hasattr(net, 'scale'):
+            continue
+        if int(net.scale) != scale:
+            key = where.split(': ', 1)[-1]
+            problems.append(
+                f'{source}: scale is {scale} but {key}.scale is {net.scale} ({type(net).__name__}); the datasets '
+                f'pair LR and HR at the top-level scale: set both to the same value'
+            )
+
+
+def torch_file_problem(path: str) -> str | None:
+    """Why ``path`` is not a file of ``torch.save`` (None when its header looks right). Reads the
+    zip directory or the first bytes only, so a large checkpoint costs nothing here."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith('data.pkl') for name in archive.namelist()):
+                return None
+        return 'a zip archive that torch.save did not write (no data.pkl)'
+    with open(path, 'rb') as handle:
+        head = handle.read(2)
+    if head == b'PK':
+        return 'a damaged zip archive (a truncated download or copy?)'
+    if head[:1] == b'\x80':  # the legacy format of torch.save: a pickle
+        return None
+    return 'neither a torch.save zip archive nor a legacy torch pickle' if head else 'an empty file'
+
+
 def check_options(opt: dict, is_train: bool, source: str = 'options', check_paths: bool = True) -> list[str]:
     """Return one message per problem found in a parsed option dict (empty when fine).
 
@@ -76,11 +163,16 @@ def check_options(opt: dict, is_train: bool, source: str = 'options', check_path
         problems.append(f'{source}: model_type is missing')
     else:
         _check_type(problems, f'{source}: model_type', {'type': model_type}, 'model')
-    for key, value in opt.items():
-        if key.startswith('network_'):
-            _check_type(problems, f'{source}: {key}.type', value, 'arch')
-            if isinstance(value, dict):
-                _check_type(problems, f'{source}: {key}.generator.type', value.get('generator'), 'latent_generator')
+    built: dict[str, torch.nn.Module] = {}
+    # The flow first: a latent module takes its latent_channels from it.
+    network_keys = sorted((k for k in opt if k.startswith('network_')), key=lambda k: k != 'network_flow')
+    for key in network_keys:
+        value = opt[key]
+        _check_type(problems, f'{source}: {key}.type', value, 'arch')
+        if isinstance(value, dict):
+            _check_type(problems, f'{source}: {key}.generator.type', value.get('generator'), 'latent_generator')
+        _check_network(problems, f'{source}: {key}', value, built)
+    _check_scale(problems, source, opt, built)
     for phase, dataset in (opt.get('datasets') or {}).items():
         if not isinstance(dataset, dict):
             continue
@@ -97,16 +189,53 @@ def check_options(opt: dict, is_train: bool, source: str = 'options', check_path
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         _check_type(problems, f'{source}: val.metrics.{name}.type', metric, 'metric')
     for key, value in (opt.get('path') or {}).items():
-        if check_paths and key.startswith('pretrain_network_') and value and not os.path.isfile(value):
+        if not check_paths or not value or not (key.startswith('pretrain_network_') or key == 'resume_state'):
+            continue
+        if not os.path.isfile(value):
             problems.append(f'{source}: path.{key}: no such file: {_where(value)}')
+        elif (why := torch_file_problem(value)) is not None:
+            problems.append(f'{source}: path.{key}: {value} is not a PyTorch checkpoint: {why}')
     return problems
 
 
-def check_option_file(path: str, is_train: bool) -> list[str]:
-    """Read a yml option file and check it with :func:`check_options`."""
+TORCHRUN_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def check_machine(opt: dict, launcher: str, source: str = 'options') -> list[str]:
+    """What the options ask of this machine: CUDA for ``num_gpu`` > 0 and, with ``--launcher
+    pytorch``, a distributed backend it can run and torchrun's environment."""
+    from flowprior_plugin.basicsr_patches import resolve_backend
+    from flowprior_plugin.errors import OptionError
+
+    problems: list[str] = []
+    if not isinstance(opt, dict):
+        return problems
+    num_gpu = opt.get('num_gpu', 0)
+    if isinstance(num_gpu, int) and num_gpu > 0 and not torch.cuda.is_available():
+        problems.append(f'{source}: num_gpu is {num_gpu} but this machine has no CUDA GPU; set num_gpu: 0 or auto')
+    if launcher == 'pytorch':
+        try:
+            resolve_backend((opt.get('dist_params') or {}).get('backend'))
+        except OptionError as exc:
+            problems.append(f'{source}: {exc}')
+        missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+        if missing:
+            problems.append(
+                f'--launcher pytorch: {", ".join(missing)} not set (torchrun sets them); run: '
+                f'torchrun --nproc_per_node=N -m flowprior_plugin train -opt {source} --launcher pytorch'
+            )
+    return problems
+
+
+def check_option_file(path: str, is_train: bool, launcher: str | None = None) -> list[str]:
+    """Read a yml option file and check it with :func:`check_options` and, given the launcher of a
+    run, :func:`check_machine`."""
     try:
         with open(path) as handle:
             opt = yaml.safe_load(handle)
     except yaml.YAMLError as exc:
         return [f'{path}: not valid YAML: {exc}']
-    return check_options(opt, is_train=is_train, source=path)
+    problems = check_options(opt, is_train=is_train, source=path)
+    if launcher is not None:
+        problems += check_machine(opt, launcher, source=path)
+    return problems

@@ -42,6 +42,7 @@ from flowprior_plugin.archs.flow_net_base import (
     shape_dim,
     state_dict_shapes,
 )
+from flowprior_plugin.errors import InputShapeError
 from flowprior_plugin.flow_protocol import FlowCondition, Latents, OutputSize
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
@@ -579,9 +580,12 @@ class SRFlowNet(ActNormFlowNet):
         m = self.lr_multiple
         if lq.shape[2] % m or lq.shape[3] % m:
             need = 'even LR sides' if m == 2 else f'LR sides divisible by {m}'
-            raise ValueError(
+            # Validation and test pad the LR and crop the SR back; training cannot (the loss needs
+            # the whole gt), so there the fix is the crop size.
+            raise InputShapeError(
                 f'SRFlow needs {need} (its last flow level works at half the LR size), got an LR of shape '
-                f'{tuple(lq.shape)}; models reflect-pad the LR to a multiple of {m} and crop the SR back'
+                f'{tuple(lq.shape)}; in training choose datasets.train.gt_size so that gt_size / scale is a '
+                f'multiple of {m} (validation and test pad the LR themselves)'
             )
 
     def latent_shapes(self, lq_shape: Sequence[int]) -> list[tuple[int, int, int, int]]:

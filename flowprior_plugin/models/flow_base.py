@@ -110,10 +110,20 @@ class FlowBaseModel(SRModel):
 
     def apply_loss(self, loss: Tensor, loss_dict: OrderedDict, current_iter: int) -> None:
         """The end of every training step: backward and optimizer step unless ``loss`` is not
-        finite (then the step is skipped with a warning), BasicSR's loss log and the EMA update."""
-        if torch.isfinite(loss):
+        finite (then the step is skipped with a warning), BasicSR's loss log and the EMA update.
+
+        Under distributed training the ranks decide together (an all-reduce of who saw a
+        non-finite loss): a rank skipping alone would leave the others waiting in DDP's gradient
+        all-reduce forever. Every rank then skips the step, and the warning names the rank(s)."""
+        bad_ranks = _nonfinite_ranks(loss, self.opt)
+        if not bad_ranks:
             loss.backward()
             self.optimizer_g.step()
+        elif self.opt.get('dist'):
+            ranks = ', '.join(map(str, bad_ranks))
+            get_root_logger().warning(
+                f'iter {current_iter}: non-finite loss on rank(s) {ranks}, step skipped on every rank'
+            )
         else:
             get_root_logger().warning(f'iter {current_iter}: non-finite loss, step skipped')
         self.log_dict = self.reduce_loss_dict(loss_dict)
@@ -450,6 +460,18 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return 'n/a' if math.isnan(value) else f'{value:.4f}'
     return str(value)
+
+
+def _nonfinite_ranks(loss: Tensor, opt: dict) -> list[int]:
+    """The ranks whose ``loss`` is not finite: this one alone, or every rank's under distributed
+    training (one all-reduce, so all ranks get the same list)."""
+    finite = torch.isfinite(loss.detach())
+    if not (opt.get('dist') and torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [] if bool(finite) else [int(opt.get('rank', 0))]
+    flags = torch.zeros(torch.distributed.get_world_size(), device=loss.device)
+    flags[torch.distributed.get_rank()] = (~finite).float()
+    torch.distributed.all_reduce(flags)
+    return flags.nonzero().flatten().tolist()
 
 
 def _top_keys(path: str) -> str:
