@@ -17,6 +17,9 @@ How this implementation is organised (all mathematically neutral):
   the ``coef``/``freq`` maps) once, for any number of encodes/decodes at any output size.
 - The per-query work is split into chunks of ``query_chunk`` queries (memory), with the same
   results as one batch.
+- The flow parameters the MLP makes for a query grid are kept in the condition and reused for
+  the same grid (``cache_flow_params``): one MLP pass serves the learned prior's initial prior,
+  encode and decode of one step, and every further decode of one prediction.
 - Each linear map's inverse is cached (see :class:`~flowprior_plugin.layers.pointwise_flow.InvertibleLinear`).
 
 Facts settled by the golden vectors of the release (float64, 1e-12 relative or better), where
@@ -76,7 +79,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -125,6 +128,9 @@ class LINFCondition(FlowCondition):
     lr: Tensor
     coef: Tensor
     freq: Tensor
+    # The flow parameters of the last query grid asked for, as (key, params): see
+    # LINFNet.params_for. One entry only, so tiles of one image never pile up their grids.
+    params_cache: tuple[tuple, Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 def to_model_range(x: Tensor) -> Tensor:
@@ -177,6 +183,12 @@ class LINFNet(FlowNet):
             LINF's release, which trains on the 8-bit values as they are) or 'uniform' (uniform
             noise of one 8-bit step and its log-det, so the NLL is in discrete bits per pixel).
             Default: 'none'.
+        cache_flow_params (bool): Keep the flow parameters of the last query grid in the
+            :class:`LINFCondition` and reuse them while the LR, grid and weights are the same (the
+            learned prior's initial prior, encode and decode of one step then run the MLP once).
+            Costs ``2 * flow_layers * 3 p^2`` floats per query held with the condition (540 for
+            the released patch model); only used when no gradient must reach the MLP or the
+            condition. False recomputes them at every call. Default: True.
     """
 
     lr_multiple = 1
@@ -197,8 +209,10 @@ class LINFNet(FlowNet):
         query_chunk: int | None = None,
         scale: int = 4,
         dequantization: str = 'none',
+        cache_flow_params: bool = True,
     ) -> None:
         super().__init__()
+        self.cache_flow_params = bool(cache_flow_params)
         if dequantization not in DEQUANTIZATIONS:
             raise ValueError(
                 f'LINFNet: dequantization must be one of {", ".join(DEQUANTIZATIONS)}, got {dequantization!r}'
@@ -457,9 +471,40 @@ class LINFNet(FlowNet):
     def params_for(
         self, cond: LINFCondition, hr_size: Sequence[int] | HRWindow, query_chunk: int | None = None
     ) -> Tensor:
-        """:meth:`flow_params` on the query grid of an HR image of size ``hr_size`` (or of windows)."""
+        """:meth:`flow_params` on the query grid of an HR image of size ``hr_size`` (or of windows).
+
+        With ``cache_flow_params`` the result is kept in ``cond`` (one grid: the last one) and
+        returned again for the same grid while the MLP's weights are unchanged, unless a gradient
+        must reach the MLP or ``cond`` (then it is computed afresh, with its graph). The cached
+        tensor is the very result of the plain computation (``query_chunk`` does not change it).
+        """
+        key = self._params_key(cond, hr_size) if self.cache_flow_params else None
+        if key is not None and cond.params_cache is not None and cond.params_cache[0] == key:
+            return cond.params_cache[1]
         coord, cell = self.query_grid(hr_size, cond.lr.shape[0], cond.lr.dtype, cond.lr.device)
-        return self.flow_params(cond, coord, cell, query_chunk)
+        params = self.flow_params(cond, coord, cell, query_chunk)
+        if key is not None:
+            cond.params_cache = (key, params)
+        return params
+
+    def _params_key(self, cond: LINFCondition, hr_size: Sequence[int] | HRWindow) -> tuple | None:
+        """What cached flow parameters depend on besides ``cond``: the query grid and the current
+        weights of ``phase`` and the MLP (storage and in-place version, so an optimiser step or a
+        ``load_state_dict`` is seen). None when the parameters need an autograd graph."""
+        weights = [*self.phase.parameters(), *self.layers.parameters()]
+        if torch.is_grad_enabled() and (
+            cond.coef.requires_grad or cond.freq.requires_grad or any(w.requires_grad for w in weights)
+        ):
+            return None
+        try:
+            versions = tuple((w.data_ptr(), w._version) for w in weights)
+        except RuntimeError:  # inference-mode weights have no version counter: never cache
+            return None
+        if isinstance(hr_size, HRWindow):
+            grid = ('window', hr_size.size, *hr_size.full_size.flatten().tolist(), *hr_size.offset.flatten().tolist())
+        else:
+            grid = ('size', *output_hw(hr_size))
+        return grid, versions
 
     # ------------------------------------------------------------------ image level
     def log_prob(
