@@ -4,8 +4,11 @@ through DDP's forward) with each rank at its own scales."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue as queue_module
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,76 @@ def test_ddp_moves_hr_windows_with_the_other_forward_arguments():
     moved = kwargs[0]['out_size']
     assert isinstance(moved, HRWindow) and moved.size == (9, 9)
     assert torch.equal(moved.full_size, window.full_size) and torch.equal(moved.offset, window.offset)
+
+
+def _nan_worker(rank: int, world: int, port: int, root: str, queue) -> None:
+    """Three DDP steps; at step 2 only rank 1's batch holds a NaN."""
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        import logging
+
+        from conftest import TINY_SRFLOW, captured, finalize_options
+
+        import flowprior_plugin  # noqa: F401
+        from flowprior_plugin.models.flow_sr_model import FlowSRModel
+
+        opt = {
+            'name': 'nan',
+            'scale': 4,
+            'network_g': dict(TINY_SRFLOW),
+            'path': {},
+            'train': {
+                'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
+                'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
+            },
+        }
+        opt = finalize_options(opt, Path(root) / f'rank{rank}', is_train=True)
+        opt.update(dist=True, rank=rank, world_size=world)
+        model = FlowSRModel(opt)
+        sums = []
+        with captured(logging.getLogger('basicsr')) as records:
+            for step in (1, 2, 3):
+                batch = _batch('SRFlow', rank)
+                if step == 2 and rank == 1:
+                    batch['lq'][0, 0, 0, 0] = float('nan')
+                model.feed_data(batch)
+                model.optimize_parameters(step)
+                bare = model.get_bare_model(model.net_g)
+                sums.append(torch.cat([t.detach().flatten() for t in bare.state_dict().values()]).double().sum().item())
+        steps = {int(s['step']) for s in model.optimizer_g.state_dict()['state'].values()}
+        queue.put((rank, sums, steps, [r.getMessage() for r in records]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nan_batch_on_one_rank_skips_the_step_on_every_rank_without_hanging(tmp_path):
+    world, port = 2, 29000 + (os.getpid() + 13) % 1000
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_nan_worker, args=(r, world, port, str(tmp_path), queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        # A rank waiting alone in DDP's gradient all-reduce would never answer: the bound is the test.
+        results = []
+        deadline = time.monotonic() + 240
+        while len(results) < world and time.monotonic() < deadline:
+            with contextlib.suppress(queue_module.Empty):
+                results.append(queue.get(timeout=2))
+            assert all(p.exitcode in (None, 0) for p in procs), 'a rank crashed'
+        assert len(results) == world, 'the ranks did not finish within 240 s (a hang)'
+        results.sort()
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    assert all(p.exitcode == 0 for p in procs)
+    (_, sums0, steps0, log0), (_, sums1, steps1, log1) = results
+    assert sums0 == sums1, 'ranks differ after the skipped step'
+    assert sums0[1] == sums0[0], 'step 2 changed the weights although rank 1 saw a NaN'
+    assert sums0[2] != sums0[1], 'step 3 (finite everywhere) changed nothing'
+    assert steps0 == steps1 == {2}, 'Adam counted the skipped step'
+    # Rank 0 logs (BasicSR silences the other ranks' logger), naming the rank that saw it.
+    assert any('iter 2: non-finite loss on rank(s) 1, step skipped on every rank' in m for m in log0), log0
