@@ -21,6 +21,15 @@ crops as LINF-LP trains: the LR covers a whole HR crop, the target is a window o
 read it from ``gt`` and take ``out_size`` only for a window. Only arbitrary-scale flows
 (``arbitrary_scale``, LINF) accept another size or a window; fixed-scale flows raise a ValueError
 (a window covering the whole ``lq * scale`` image is accepted by every flow).
+
+Tiled prediction (:mod:`flowprior_plugin.tiling`, ``val.tile``, ``--tile``) is optional and needs
+four hooks besides ``supports_tiling = True``: ``latent_strides()`` (HR pixels per latent cell of
+each level, to slice whole-image latents), ``tile_alignment()`` (the HR grid tile borders sit on),
+``tile_context(lq, hr_size)`` (work done once on the whole LR, e.g. an encoder whose receptive
+field no tile margin covers) and ``tile_inputs(lq, context, box, hr_size)`` (the ``TileInputs``:
+LR, conditioning and ``out_size`` that decode the HR ``box``). ``FlowNet`` gives defaults (each
+tile conditions on its own LR crop); SRFlow cuts its RRDB features from the whole LR, LINF decodes
+``HRWindow`` tiles of the whole image. A flow without ``supports_tiling`` gets a one-line error.
 """
 
 from __future__ import annotations

@@ -80,6 +80,25 @@ def test_linf_window_tiles_are_exact_and_on_the_patch_grid():
     assert all(v % 3 == 0 or v in (40, 31) for box, core in grid for v in (*box, *core))
 
 
+def test_srflow_tiles_cut_the_whole_images_rrdb_features():
+    # The RRDB trunk runs once on the whole LR; a tile's conditionals are the whole image's under
+    # its box (exact), which recomputing the RRDB on the tile's own crop would not give.
+    flow = _flow('SRFlow')
+    lq = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    box = (24, 72, 16, 48)  # HR rows 24..72, columns 16..48: LR 6..18, 4..12 (on the 2-pixel grid)
+    with torch.no_grad():
+        whole = flow.condition(lq).features
+        tile = flow.tile_inputs(lq, flow.tile_context(lq, (96, 80)), box, (96, 80))
+        recomputed = flow.condition(tile.lq).features
+    assert tile.lq.shape[-2:] == (12, 8)
+    for name, feature in whole.items():
+        per_lr = feature.shape[-2] // 24 or 0.5  # feature pixels per LR pixel (fea_up0: half)
+        cut = feature[..., int(6 * per_lr) : int(18 * per_lr), int(4 * per_lr) : int(12 * per_lr)]
+        assert tile.cond.features[name].shape == cut.shape, name
+        assert (tile.cond.features[name] - cut).abs().max() <= 1e-5, name
+        assert (recomputed[name] - cut).abs().max() > 1e-3, name
+
+
 def test_slice_latents_follows_each_level_stride():
     z = [torch.arange(8 * 8.0).reshape(1, 1, 8, 8), torch.arange(4.0).reshape(1, 1, 2, 2)]
     part = slice_latents(z, (8, 16, 0, 8), [2, 8])

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,7 @@ from flowprior_plugin.layers.flow_layers import (
     unsqueeze2d,
 )
 from flowprior_plugin.layers.rrdb import RRDB
+from flowprior_plugin.tiling import TileInputs
 
 # Constructor arguments of the three released configurations (SRFlow_{DF2K_4X,DF2K_8X,CelebA_8X}.yml).
 SRFLOW_OFFICIAL_CONFIGS: dict[str, dict] = {
@@ -68,6 +70,9 @@ _OFFICIAL_COMMON = dict(in_nc=3, nf=64, gc=32, hidden_channels=64, n_no_coupling
 
 # Output channels of the release's unused ``flowUpsamplerNet.f.0`` (a constant there, at 4X and 8X).
 _UNUSED_F_CHANNELS = 96
+# LR pixels of trunk features a tile cuts beyond its box: the upconvs after the trunk reach less
+# than one LR pixel; even, so the half-LR conditional of the cut stays on the whole image's grid.
+_TILE_HALO = 2
 
 
 def official_srflow_options(name: str) -> dict:
@@ -148,24 +153,33 @@ class SRFlowRRDB(nn.Module):
         self.stacked_blocks = tuple(int(i) for i in stacked_blocks)
         self.scale = scale
 
-    def conditionals(self, lr: Tensor, factors: Sequence[int]) -> dict[str, Tensor]:
-        """RRDB conditionals at LR size times each of ``factors`` (0 = half), each with the stacked
-        block features appended (``nf * (1 + len(stacked_blocks))`` channels).
-
-        Only what the requested factors need is computed: no upconv beyond the largest factor.
-        """
-        factors = set(factors)
+    def trunk(self, lr: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The LR-resolution features every conditional is made of: the trunk's output (after the
+        residual ``trunk_conv``) and the stacked blocks' outputs concatenated (None without any)."""
         # Checked against the golden vectors (they disagree with a literal reading of SRFLOW.md):
-        # the residual around trunk_conv starts from the trunk's OUTPUT (not conv_first's), and
-        # every fea_up{2,4,...} is taken AFTER its LeakyReLU.
+        # the residual around trunk_conv starts from the trunk's OUTPUT (not conv_first's).
         x = self.conv_first(lr)
         blocks = []
         for i, block in enumerate(self.RRDB_trunk):
             x = block(x)
             if i in self.stacked_blocks:
                 blocks.append(x)
-        last_lr_fea = x + self.trunk_conv(x)
+        return x + self.trunk_conv(x), (torch.cat(blocks, 1) if blocks else None)
 
+    def conditionals(
+        self, lr: Tensor, factors: Sequence[int], trunk: tuple[Tensor, Tensor | None] | None = None
+    ) -> dict[str, Tensor]:
+        """RRDB conditionals at LR size times each of ``factors`` (0 = half), each with the stacked
+        block features appended (``nf * (1 + len(stacked_blocks))`` channels).
+
+        Only what the requested factors need is computed: no upconv beyond the largest factor.
+        ``trunk`` (:meth:`trunk` of ``lr``, or a crop of a larger LR's on even rows and columns)
+        skips the trunk; every step after it is local, so a crop's conditionals are the whole
+        image's under the crop except within one LR pixel of a cut border.
+        """
+        factors = set(factors)
+        # Every fea_up{2,4,...} is taken AFTER its LeakyReLU (checked against the golden vectors).
+        last_lr_fea, stacked = self.trunk(lr) if trunk is None else trunk
         raw: dict[int, Tensor] = {}
         if 0 in factors:
             raw[0] = F.interpolate(last_lr_fea, scale_factor=0.5, mode='bilinear', align_corners=False)
@@ -180,7 +194,6 @@ class SRFlowRRDB(nn.Module):
                 raw[2**n] = up
             n += 1
 
-        stacked = torch.cat(blocks, 1) if blocks else None
         out = {}
         for factor, feat in raw.items():
             if stacked is not None:
@@ -648,14 +661,42 @@ class SRFlowNet(ActNormFlowNet):
             SRFlowCondition: pass it as ``cond`` to the other methods for the same ``lq``.
         """
         self._check_lq(lq)
+        return self._condition_from_features(lq, self.RRDB.conditionals(lq, sorted(set(self._level_factor.values()))))
+
+    def _condition_from_features(self, lq: Tensor, features: dict[str, Tensor]) -> SRFlowCondition:
         flow = self.flowUpsamplerNet
-        features = self.RRDB.conditionals(lq, sorted(set(self._level_factor.values())))
         couplings = {}
         for idx, layer in enumerate(flow.layers):
             if isinstance(layer, FlowStep) and layer.affine is not None:
                 ft = features[_feature_name(self._level_factor[flow.layer_levels[idx]])]
                 couplings[idx] = layer.affine.condition(ft)
         return SRFlowCondition(lq_shape=tuple(lq.shape), features=features, couplings=couplings)
+
+    # ------------------------------------------------------------------ tiling hooks
+    def tile_context(self, lq: Tensor, hr_size: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+        """The RRDB trunk of the whole LR, computed once: its receptive field spans hundreds of LR
+        pixels, so a tile cuts the whole image's features (exact) instead of recomputing them on
+        its own crop (which no affordable margin makes exact); only the flow runs per tile."""
+        self._check_lq(lq)
+        return self.RRDB.trunk(lq)
+
+    def tile_inputs(self, lq: Tensor, context: Any, box: Sequence[int], hr_size: Sequence[int]) -> TileInputs:
+        """The LR crop under ``box`` with the conditionals cut from the whole LR's trunk (exact:
+        the cut keeps ``_TILE_HALO`` LR pixels more on each side for the local upconvs, then drops
+        them); the couplings' own convolutions see the crop, and the tile's margin absorbs that."""
+        top, bottom, left, right = (int(v) // self.scale for v in box)
+        h, w = lq.shape[-2:]
+        rows = (max(0, top - _TILE_HALO), min(h, bottom + _TILE_HALO))
+        cols = (max(0, left - _TILE_HALO), min(w, right + _TILE_HALO))
+        trunk = tuple(t if t is None else t[..., rows[0] : rows[1], cols[0] : cols[1]] for t in context)
+        factors = sorted(set(self._level_factor.values()))
+        features = {}
+        for name, feat in self.RRDB.conditionals(lq, factors, trunk).items():
+            per_lr = feat.shape[-2] / (rows[1] - rows[0])  # feature pixels per LR pixel (1/2 .. scale)
+            r0, c0 = int((top - rows[0]) * per_lr), int((left - cols[0]) * per_lr)
+            features[name] = feat[..., r0 : r0 + int((bottom - top) * per_lr), c0 : c0 + int((right - left) * per_lr)]
+        crop = lq[..., top:bottom, left:right]
+        return TileInputs(crop, self._condition_from_features(crop, features), None, tuple(box))
 
     def encode(self, lq: Tensor, gt: Tensor, cond: FlowCondition | None = None, out_size: OutputSize = None) -> Latents:
         """HR -> latents ``[split eps (level 1), ..., top z]``, deterministic (no dequantisation noise).
