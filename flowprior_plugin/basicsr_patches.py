@@ -16,6 +16,15 @@ BasicSR 1.4.2 is the last release and will not change, so we replace a few funct
   without, and sets a CUDA device only for nccl (from ``LOCAL_RANK``, so several nodes work).
 - ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on
   the CPU; ours gives none there.
+- On resume BasicSR starts at the saved ``epoch``; a state saved on the last iteration of an
+  epoch would replay that whole epoch. Ours starts the next one (``create_train_val_dataloader``
+  knows the iterations per epoch), so a run resumed from an epoch boundary sees the data the
+  uninterrupted run sees. Not restored (BasicSR saves neither): the random-number state (the run
+  is reseeded with ``manual_seed``), and the batches already seen of an unfinished epoch.
+- ``Registry`` refuses a second registration of a name, so re-running a module's registration
+  (``importlib.reload``, a plugin imported again under the entry point) raised. Ours accepts the
+  same definition again (same module and qualified name: the newest wins) and still refuses a
+  different object under a taken name.
 - ``BaseModel.load_network`` lets ``torch.load`` fail with an UnpicklingError whose advice
   (``weights_only=False``) is wrong for a corrupt or non-torch file; ours names the file.
 """
@@ -67,12 +76,31 @@ def load_resume_state(opt: dict):
         raise OptionError(f'path.resume_state: no such file: {resume_state_path}')
     # Resume states hold optimizer and scheduler states (a Counter of milestones): not weights-only.
     resume_state = torch.load(resume_state_path, map_location=_resume_map_location(opt), weights_only=False)
+    _pending_resume['state'] = resume_state
     original = dict(opt['path'])
     check_resume(opt, resume_state['iter'])
     for key, path in list(opt['path'].items()):
         if key.startswith('pretrain_network_') and path != original.get(key) and not osp.isfile(path):
             opt['path'][key] = original.get(key)  # a network this model never saves (frozen)
     return resume_state
+
+
+_pending_resume: dict[str, dict] = {}
+
+
+def _wrap_create_train_val_dataloader(original):
+    def create_train_val_dataloader(opt, logger):
+        result = original(opt, logger)
+        state = _pending_resume.pop('state', None)
+        train_loader = result[0]
+        if state is not None and train_loader is not None and len(train_loader) > 0:
+            per_epoch = len(train_loader)  # batches of this rank per epoch (the loader drops the last partial one)
+            if state['iter'] % per_epoch == 0 and state['epoch'] < state['iter'] // per_epoch:
+                state['epoch'] += 1  # the saved epoch was finished: continue with the next one
+        return result
+
+    create_train_val_dataloader._flowprior_wrapped = True
+    return create_train_val_dataloader
 
 
 def _backend_available(name: str) -> bool:
@@ -175,14 +203,34 @@ def checkpoint_read_message(path: str, exc: BaseException | None = None) -> str:
     return f'{path}: not a readable PyTorch checkpoint ({reason[:160]}); check the path or write it again'
 
 
+def _wrap_do_register(original):
+    def _do_register(self, name, obj, suffix=None):
+        key = f'{name}_{suffix}' if isinstance(suffix, str) else name
+        old = self._obj_map.get(key)
+        if old is not None and (old.__module__, old.__qualname__) == (obj.__module__, obj.__qualname__):
+            self._obj_map[key] = obj  # the same definition, executed again
+            return
+        original(self, name, obj, suffix)
+
+    _do_register._flowprior_wrapped = True
+    return _do_register
+
+
 def apply_basicsr_patches() -> None:
     """Install the replacements above into BasicSR's modules (idempotent)."""
     import basicsr.train
     import basicsr.utils.options
     from basicsr.models.base_model import BaseModel
+    from basicsr.utils.registry import Registry
 
     basicsr.train.load_resume_state = load_resume_state
+    if not getattr(basicsr.train.create_train_val_dataloader, '_flowprior_wrapped', False):
+        basicsr.train.create_train_val_dataloader = _wrap_create_train_val_dataloader(
+            basicsr.train.create_train_val_dataloader
+        )
     basicsr.utils.options.init_dist = init_dist  # what parse_options calls
     BaseModel.model_to_device = model_to_device
+    if not getattr(Registry._do_register, '_flowprior_wrapped', False):
+        Registry._do_register = _wrap_do_register(Registry._do_register)
     if not getattr(BaseModel.load_network, '_flowprior_wrapped', False):
         BaseModel.load_network = _wrap_load_network(BaseModel.load_network)

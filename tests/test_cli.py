@@ -68,12 +68,29 @@ def tiny_data(tmp_path):
     return write_paired_images(tmp_path / 'data', count=3, hr_size=(32, 32), scale=4)
 
 
+def _words(text: str) -> str:
+    return ' '.join(text.split())  # argparse wraps to the terminal's width
+
+
 def test_help_explains_usage():
-    text = build_parser().format_help()
-    assert 'train' in text and 'test' in text and '-opt' in text.replace('-opt ', '-opt')
-    train_help = build_parser()._subparsers._group_actions[0].choices['train'].format_help()
-    for flag in ('-opt', '--launcher', '--auto_resume', '--debug', '--local_rank', '--force_yml'):
-        assert flag in train_help
+    text = _words(build_parser().format_help())
+    assert text.startswith('usage: basicsr [-h] {train,test} ...')
+    assert 'train train a model from an option file (experiments/<name>/ in the current directory)' in text
+    assert 'test evaluate a model from an option file (results/<name>/ in the current directory)' in text
+    assert 'examples: basicsr train -opt options/srflow_prior.yml basicsr train -opt' in text
+    train_help = _words(build_parser()._subparsers._group_actions[0].choices['train'].format_help())
+    assert train_help.startswith(
+        'usage: basicsr train [-h] -opt YML [--launcher {none,pytorch,slurm}] [--auto_resume] [--debug] '
+        '[--local_rank LOCAL_RANK] [--force_yml KEY=VALUE [KEY=VALUE ...]]'
+    )
+    for line in (
+        '-opt YML path to the option yml file',
+        '--launcher {none,pytorch,slurm} job launcher. Default: none.',
+        '--auto_resume resume from the newest training state',
+        '--force_yml KEY=VALUE [KEY=VALUE ...] override yml entries, e.g. train:total_iter=10 (":" separates levels)',
+        'torchrun --nproc_per_node=2 -m flowprior_plugin train -opt options/srflow_prior.yml --launcher pytorch',
+    ):
+        assert line in train_help, line
 
 
 def test_console_script_is_installed():

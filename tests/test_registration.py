@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -66,14 +65,47 @@ def test_no_collision_with_basicsr_or_real_esrgan():
         assert not clash, f'{kind} names shared with BasicSR/Real-ESRGAN: {clash}'
 
 
-def test_importing_twice_and_reimporting_modules_is_harmless():
-    import flowprior_plugin
+REREGISTER = """
+import importlib, importlib.metadata, json, pkgutil, sys
+import flowprior_plugin  # route 1: the import
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+from flowprior_plugin.generators import GENERATOR_REGISTRY
 
-    again = importlib.import_module('flowprior_plugin')
-    assert again is flowprior_plugin
-    # Registering the plugin's modules a second time (a second plugin importing them) is a no-op.
-    importlib.import_module('flowprior_plugin.archs')
-    importlib.import_module('flowprior_plugin.models')
+registries = [ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY, GENERATOR_REGISTRY]
+before = {r._name: sorted(r.keys()) for r in registries}
+# route 2: the entry point BasicSR plugins are found by (the basicsr command loads it this way)
+(entry,) = [e for e in importlib.metadata.entry_points(group='basicsr.plugins') if e.value == 'flowprior_plugin']
+assert entry.load() is flowprior_plugin
+# Run every module's registration again, as a second import of the files would.
+names = sorted(m.name for m in pkgutil.walk_packages(flowprior_plugin.__path__, 'flowprior_plugin.'))
+names = [name for name in names if name in sys.modules]
+reloaded = []
+for name in names:
+    if name.rsplit('.', 1)[-1] in ('__main__', 'cli', 'demo'):
+        continue
+    importlib.reload(sys.modules[name])
+    reloaded.append(name)
+after = {r._name: sorted(r.keys()) for r in registries}
+fresh = ARCH_REGISTRY.get('SRFlowNet') is sys.modules['flowprior_plugin.archs.srflow_arch'].SRFlowNet
+try:
+    ARCH_REGISTRY.register(type('SRFlowNet', (), {}))  # another object under a taken name
+    collision = 'accepted'
+except AssertionError:
+    collision = 'refused'
+print(json.dumps({'same': before == after, 'fresh': fresh, 'reloaded': reloaded, 'collision': collision}))
+"""
+
+
+def test_importing_twice_and_reimporting_modules_is_harmless():
+    """In a fresh interpreter: the plugin through both routes (import, entry point), then every
+    registering module executed again; the registries hold the same names, now the newest
+    definitions, and a different object under a taken name is still refused."""
+    out = subprocess.run([sys.executable, '-c', REREGISTER], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result['same'] and result['fresh'] and result['collision'] == 'refused', result
+    assert 'flowprior_plugin.archs.srflow_arch' in result['reloaded']
+    assert 'flowprior_plugin.models.flow_prior_model' in result['reloaded']
 
 
 def test_fresh_interpreter_imports_plugin_and_basicsr_train():
