@@ -1,13 +1,14 @@
 """A small paired SR dataset made from real photographs that ship inside installed packages.
 
 No SR benchmark can be downloaded on an offline machine, but scikit-image and matplotlib ship
-real photos. Training photos are cut into HR patches; held-out photos are used for evaluation
-only. LR images are made with BasicSR's MATLAB-style bicubic, as DIV2K's are. The result is
-BasicSR's paired-folder layout::
+real photos (gray ones are used as RGB). They are split three ways, by photo: training photos are
+cut into overlapping HR patches; a validation split of other photos is where training choices are
+made; held-out photos are used whole, only for the final comparison. LR images are made with
+BasicSR's MATLAB-style bicubic, as DIV2K's are. The result is BasicSR's paired-folder layout::
 
-    root/train/HR/*.png  root/train/LR/*.png   (patches)
-    root/seen/HR/*.png   root/seen/LR/*.png    (a few training patches: an in-distribution check)
-    root/val/HR/*.png    root/val/LR/*.png     (held-out photos, centre crops)
+    root/train/HR/*.png  root/train/LR/*.png   (patches of the training photos)
+    root/val/HR/*.png    root/val/LR/*.png     (validation split: whole photos, for choices)
+    root/test/HR/*.png   root/test/LR/*.png    (held-out whole photos, for the verdict)
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-TRAIN_PHOTOS = ('astronaut', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'retina', 'motorcycle')
-HELD_OUT_PHOTOS = ('chelsea', 'grace_hopper')
-FORMAT_VERSION = 2
+TRAIN_PHOTOS = (
+    'astronaut',
+    'hubble_deep_field',
+    'immunohistochemistry',
+    'retina',
+    'motorcycle',
+    'grass',
+    'gravel',
+    'cell',
+)
+VALIDATION_PHOTOS = ('rocket', 'brick')
+HELD_OUT_PHOTOS = ('chelsea', 'grace_hopper', 'coffee', 'camera', 'coins', 'moon')
+FORMAT_VERSION = 3
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -56,11 +67,13 @@ class DemoDatasetSpec:
     """What the dataset is made of; a folder whose spec matches is reused as it is."""
 
     scale: int = 4
-    max_side: int = 512  # photos are first shrunk (area) so their longer side is at most this
-    patch: int = 96  # HR training patch size (stride = patch)
-    val_crop: int = 192  # HR centre crop of each held-out photo
-    seen_patches: int = 8  # training patches also evaluated (spread evenly over the patch list)
+    max_side: int = 512  # training photos are first shrunk (area) so their longer side is at most this
+    patch: int = 192  # HR training patch size
+    stride: int = 96  # step between training patches (they overlap by patch - stride)
+    eval_max_side: int = 320  # validation and held-out photos are shrunk to this longer side
+    eval_multiple: int = 12  # their sides are cropped to a multiple of this (whole LR pixels at x2, x3, x4)
     train_photos: tuple[str, ...] = TRAIN_PHOTOS
+    validation_photos: tuple[str, ...] = VALIDATION_PHOTOS
     held_out_photos: tuple[str, ...] = HELD_OUT_PHOTOS
     version: int = FORMAT_VERSION
 
@@ -87,6 +100,15 @@ def _write_pair(root: Path, split: str, name: str, hr: np.ndarray, scale: int) -
         cv2.imwrite(str(folder / f'{name}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
+def _whole(photo: np.ndarray, spec: DemoDatasetSpec) -> np.ndarray:
+    """A validation or held-out photo: shrunk, its sides cut to ``eval_multiple`` (centred)."""
+    photo = _shrink(photo, spec.eval_max_side)
+    h, w = photo.shape[:2]
+    m = spec.eval_multiple
+    top, left = (h % m) // 2, (w % m) // 2
+    return photo[top : top + h - h % m, left : left + w - w % m]
+
+
 def build_demo_dataset(root: str | Path, spec: DemoDatasetSpec | None = None) -> tuple[Path, bool]:
     """Write the dataset under ``root`` unless an identical one is already there.
 
@@ -95,32 +117,26 @@ def build_demo_dataset(root: str | Path, spec: DemoDatasetSpec | None = None) ->
     """
     root = Path(root)
     spec = spec or DemoDatasetSpec()
+    overlap = set(spec.train_photos) & (set(spec.validation_photos) | set(spec.held_out_photos))
+    if overlap or set(spec.validation_photos) & set(spec.held_out_photos):
+        raise ValueError(f'demo dataset: a photo is in two splits ({sorted(overlap)})')
     stamp = root / 'dataset.json'
     wanted = json.loads(json.dumps(asdict(spec)))  # tuples -> lists, as read back from JSON
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return root, True
-    for split in ('train', 'seen', 'val'):
+    for split in ('train', 'seen', 'val', 'test'):
         for sub in ('HR', 'LR'):
             for old in (root / split / sub).glob('*.png'):
                 old.unlink()
-    m = spec.scale
-    patches = []
     for name in spec.train_photos:
         photo = _shrink(load_photo(name), spec.max_side)
         h, w = photo.shape[:2]
-        for y in range(0, h - spec.patch + 1, spec.patch):
-            for x in range(0, w - spec.patch + 1, spec.patch):
-                patches.append((f'{name}_{y:04d}_{x:04d}', photo[y : y + spec.patch, x : x + spec.patch]))
-    for patch_name, patch in patches:
-        _write_pair(root, 'train', patch_name, patch, m)
-    step = max(1, len(patches) // max(1, spec.seen_patches))
-    for patch_name, patch in patches[::step][: spec.seen_patches]:
-        _write_pair(root, 'seen', patch_name, patch, m)
-    for name in spec.held_out_photos:
-        photo = _shrink(load_photo(name), spec.max_side)
-        h, w = photo.shape[:2]
-        side = min(spec.val_crop, h - h % m, w - w % m)
-        top, left = (h - side) // 2, (w - side) // 2
-        _write_pair(root, 'val', name, photo[top : top + side, left : left + side], m)
+        for y in range(0, h - spec.patch + 1, spec.stride):
+            for x in range(0, w - spec.patch + 1, spec.stride):
+                patch = photo[y : y + spec.patch, x : x + spec.patch]
+                _write_pair(root, 'train', f'{name}_{y:04d}_{x:04d}', patch, spec.scale)
+    for split, names in (('val', spec.validation_photos), ('test', spec.held_out_photos)):
+        for name in names:
+            _write_pair(root, split, name, _whole(load_photo(name), spec), spec.scale)
     stamp.write_text(json.dumps(wanted, indent=2))
     return root, False
