@@ -1,8 +1,10 @@
-"""The demo's report: tables, plots and image grids, with statements computed from the numbers.
+"""The demo's numbers and report: ``summary.json`` of the held-out photos, and a report that opens
+with a verdict on the paper's three claims, checks the targets of issue #11, and shows per-method
+means with their per-image spread, the validation split, how the objectives were chosen, timings,
+plots and zoomed image grids.
 
-Two sections: SRFlow at x4 (the held-out photos and a few training patches) and LINF at several
-scales (:func:`linf_section`). Nothing in the report is written in advance: every sentence about
-the result is chosen by comparing the measured values of this run.
+Nothing in the report is written in advance: every statement about the result is chosen by
+comparing the measured values of this run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flowprior_plugin.models.flow_base import method_name
+
 METRIC_LABELS = {
     'psnr': 'PSNR (dB)',
     'ssim': 'SSIM',
@@ -25,20 +29,36 @@ METRIC_LABELS = {
     'lpips': 'LPIPS',
     'seam': 'seam ratio',
     'periodicity': 'grid periodicity',
+    'diversity': 'diversity (8-bit levels)',
 }
 LOWER_IS_BETTER = {'lpips', 'seam', 'periodicity'}
-# The LINF table's columns, in order (LPIPS is left out offline; it is reported as skipped).
-LINF_COLUMNS = ('psnr', 'ssim', 'lr_psnr', 'seam', 'periodicity')
-# The LINF zoomed crops are shown at this scale (the largest the LINF stages train on) and at the largest
-# scale tested (out of distribution, where the flow and the prior meet scales they never saw).
+HELDOUT_PREFIX = 'demo_heldout'  # demo_heldout (SRFlow) and demo_heldout_x2 .. _x12 (LINF)
+VALIDATION_GROUP = 'validation'
+REQUIRED = ('psnr', 'ssim', 'lr_psnr')  # in every method entry of summary.json, even when not computed (null)
+LINF_REQUIRED = (*REQUIRED, 'seam', 'periodicity')
+_META = ('dataset', 'scale', 'group', 'method', 'images', 'nonfinite')
+# Issue #11's targets name these scales and reference temperatures.
+IN_DISTRIBUTION = ('x2', 'x3', 'x4')
+OUT_OF_DISTRIBUTION = ('x6', 'x8', 'x12')
+TAU_COLD, TAU_HOT = method_name(0.0), method_name(0.8)
+ROUTES = {'srflow': 'SRFlow', 'linf': 'LINF'}
+PERIODICITY_MARGIN = 0.01  # the prior's periodicity may exceed the HR photos' by this much
+GRID_PHOTOS = 3  # photos shown in each zoomed grid: the prior's largest, median and smallest gain
+SRFLOW_ZOOM = 96  # side of the HR crop of the SRFlow grid
+SRFLOW_ENLARGE = 2
 LINF_GRID_SCALE = 'x4'
-LINF_ZOOM = 48  # side of the HR crop shown in the grid (a multiple of the 3x3 patch)
+LINF_ZOOM = 48  # side of the HR crop shown in the LINF grid (a multiple of the 3x3 patch)
 LINF_ENLARGE = 4  # nearest-neighbour enlargement of that crop, so single-pixel seams stay visible
 
 
+# ---------------------------------------------------------------------------------------------- reading
 def _tau(method: str) -> float | None:
     match = re.fullmatch(r'tau([-\d.e]+)', method)
     return float(match[1]) if match else None
+
+
+def _valid(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -47,252 +67,348 @@ def _fmt(value, digits: int = 2) -> str:
     return f'{value:.{digits}f}' if isinstance(value, float) else str(value)
 
 
-def plot_metrics_vs_temperature(summary: list[dict], path: Path) -> None:
-    """PSNR and LR-PSNR against tau, the learned prior drawn as its own line."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    samples = sorted((_tau(e['method']), e) for e in summary if _tau(e['method']) is not None)
-    prior = next((e for e in summary if e['method'] == 'prior'), None)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ('psnr', 'lr_psnr')):
-        taus = [t for t, _ in samples]
-        ax.plot(taus, [e.get(metric, math.nan) for _, e in samples], 'o-', label='temperature sampling')
-        if prior is not None:
-            ax.axhline(prior.get(metric, math.nan), color='tab:red', linestyle='--', label='learned prior')
-        ax.set_xlabel('temperature τ')
-        ax.set_ylabel(METRIC_LABELS[metric])
-        ax.set_title(f'{METRIC_LABELS[metric]} on held-out photos')
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _label(method: str) -> str:
+    return method.replace('tau', 'τ = ')
 
 
-def image_grid(name: str, lr: np.ndarray, hr: np.ndarray, panels: list[tuple[str, np.ndarray]], path: Path) -> None:
-    """One row: LR (nearest-upscaled), each method's SR, HR; RGB uint8 images."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    up = cv2.resize(lr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_NEAREST)
-    items = [('LR (nearest x4)', up), *panels, ('HR', hr)]
-    fig, axes = plt.subplots(1, len(items), figsize=(2.6 * len(items), 3))
-    for ax, (title, image) in zip(np.atleast_1d(axes), items):
-        ax.imshow(image)
-        ax.set_title(title, fontsize=9)
-        ax.axis('off')
-    fig.suptitle(name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f'demo report: image not found: {path}')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def findings(summary: list[dict], skipped: dict[str, str], images: str = 'held-out images') -> list[str]:
-    """Statements about this run, each derived from its numbers."""
-    lines = []
-    prior = next((e for e in summary if e['method'] == 'prior'), None)
-    samples = sorted((_tau(e['method']), e) for e in summary if _tau(e['method']) is not None)
-    if prior is None or not samples:
-        return ['The table lacks the learned prior or temperature sampling; nothing to compare.']
-    for metric in ('psnr', 'ssim', 'lr_psnr', 'lpips'):
-        if metric not in prior or math.isnan(prior[metric]):
-            continue
-        lower = metric in LOWER_IS_BETTER
-        best_tau, best = min(samples, key=lambda s: s[1][metric] if lower else -s[1][metric])
-        worst_tau, worst = max(samples, key=lambda s: s[1][metric] if lower else -s[1][metric])
-        diff = prior[metric] - best[metric]
-        better = diff < 0 if lower else diff > 0
-        label = METRIC_LABELS[metric]
-        if better:
-            verdict = f'better than every temperature tried (best τ = {best_tau:g}: {_fmt(best[metric], 3)})'
-        elif diff == 0:
-            verdict = f'equal to the best temperature τ = {best_tau:g}'
-        else:
-            verdict = (
-                f'worse than the best temperature τ = {best_tau:g} ({_fmt(best[metric], 3)}, a gap of '
-                f'{abs(diff):.3f}) but {"better" if (prior[metric] < worst[metric]) == lower else "not better"} '
-                f'than the worst, τ = {worst_tau:g} ({_fmt(worst[metric], 3)})'
-            )
-        lines.append(f'{label}: the learned prior scores {_fmt(prior[metric], 3)}, {verdict}.')
-    psnrs = [(t, e['psnr']) for t, e in samples if 'psnr' in e and not math.isnan(e['psnr'])]
-    if len(psnrs) > 1:
-        trend = 'falls' if psnrs[-1][1] < psnrs[0][1] else 'rises'
-        lines.append(
-            f'Temperature sampling: PSNR {trend} from {psnrs[0][1]:.2f} dB at τ = {psnrs[0][0]:g} to '
-            f'{psnrs[-1][1]:.2f} dB at τ = {psnrs[-1][0]:g}.'
-        )
-    bad = {e['method']: e['nonfinite'] for e in summary if e.get('nonfinite')}
-    if bad:
-        counts = ', '.join(f'{m}: {n}' for m, n in bad.items())
-        lines.append(f'Images with non-finite pixels (exploding inverse): {counts}.')
-    else:
-        lines.append(f'No method produced non-finite pixels on the {summary[0]["images"]} {images}.')
-    for metric, reason in skipped.items():
-        lines.append(f'{metric.upper()} was not computed: {reason}')
-    return lines
-
-
-def _trajectory(values: list[float], unit: str) -> str:
-    """How a logged loss moved: the mean of its first tenth of values against that of its last tenth."""
-    if len(values) < 2:
-        return 'not logged'
-    k = max(1, len(values) // 10)  # a tenth smooths the noise of single logged batches
-    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
-    unit = f' {unit}' if unit else ''
-    return f'{first:.4g} → {last:.4g}{unit} (mean of the first and last {k} logged values)'
-
-
-def _load(results: Path, dataset_name: str) -> tuple[list[dict], dict[str, str]]:
-    data = json.loads((results / f'summary_{dataset_name}.json').read_text())
-    return data['methods'], data.get('skipped_metrics', {})
-
-
-def markdown_table(summary: list[dict]) -> list[str]:
-    """The comparison table: one row per method, one column per metric, then non-finite counts."""
-    metrics = [k for k in summary[0] if k not in ('method', 'images', 'nonfinite')]
-    header = ['method', *[METRIC_LABELS.get(m, m) for m in metrics], 'non-finite images']
-    table = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for entry in summary:
-        cells = [entry['method'].replace('tau', 'τ = '), *[_fmt(entry[m], 4) for m in metrics], str(entry['nonfinite'])]
-        table.append('| ' + ' | '.join(cells) + ' |')
-    return table
-
-
-def write_report(
-    results: Path,
-    dataset_name: str,
-    dataset_root: Path,
-    out_dir: Path,
-    context: dict,
-    seen_dataset_name: str | None = None,
-    linf_results: Path | None = None,
-) -> Path:
-    """Write ``out_dir/report.md`` with its plot and grids; returns the report's path.
-
-    ``dataset_name`` is the held-out set (table, findings, plot, grids); ``seen_dataset_name``, if
-    given, a few training patches evaluated the same way (an in-distribution check);
-    ``linf_results``, if given, the results folder of the LINF multi-scale test run, reported in its
-    own section (see :func:`linf_section`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary, skipped = _load(results, dataset_name)
-
-    plot_metrics_vs_temperature(summary, out_dir / 'psnr_vs_tau.png')
-    with open(results / f'metrics_{dataset_name}.csv') as handle:
-        rows = list(csv.DictReader(handle))
-    methods = [e['method'] for e in summary]
-    order = sorted([m for m in methods if m != 'prior'], key=lambda m: _tau(m) or 0) + ['prior']
-    grids = []
-    for image in sorted({row['image'] for row in rows}):
-        panels = []
-        for method in order:
-            row = next(r for r in rows if r['image'] == image and r['method'] == method)
-            caption = method.replace('tau', 'τ=') + (f'\n{float(row["psnr"]):.2f} dB' if row.get('psnr') else '')
-            panels.append((caption, _read_rgb(results / 'visualization' / dataset_name / method / f'{image}.png')))
-        lr = _read_rgb(dataset_root / 'val' / 'LR' / f'{image}.png')
-        hr = _read_rgb(dataset_root / 'val' / 'HR' / f'{image}.png')
-        grid = out_dir / f'grid_{image}.png'
-        image_grid(image, lr, hr, panels, grid)
-        grids.append(grid)
-
-    spec, timings, iters = context['spec'], context['timings'], context['iterations']
-    nll, latent = context.get('nll') or [], context.get('latent') or []
-    seen_section = []
-    if seen_dataset_name is not None:
-        seen, _ = _load(results, seen_dataset_name)
-        seen_section = [
-            f'## In-distribution check: {seen[0]["images"]} of the training patches',
-            'The same comparison on patches the prior was trained on: if the prior wins here but not on the '
-            'held-out photos, it learned something that does not generalise from this small dataset.',
-            '',
-            *markdown_table(seen),
-            '',
-            *[f'- {line}' for line in findings(seen, {}, images='training patches')],
-            '',
-        ]
-
-    text = [
-        '# flowprior-plugin demo: the learned prior against temperature sampling',
-        '',
-        f'Run on {datetime.now():%Y-%m-%d %H:%M}, {platform.machine()} CPU, '
-        f'{"QUICK mode (a few iterations per stage: numbers are meaningless)" if context["quick"] else "full demo"}.',
-        '',
-        '## Data',
-        f'- Training: {context["train_patches"]} HR patches of {spec.patch}×{spec.patch} cut from '
-        f'{", ".join(spec.train_photos)} (scikit-image), LR by MATLAB-style bicubic ×{spec.scale}.',
-        f'- Held out for evaluation only: {", ".join(spec.held_out_photos)} (centre crops of up to '
-        f'{spec.val_crop}×{spec.val_crop} HR).',
-        '',
-        '## Training (ordinary `basicsr train` runs on `options/demo/`)',
-        f'- Stage 1, SRFlow (small) by likelihood: {iters["stage1"]} iterations in {timings["stage1"]:.0f} s; '
-        f'NLL {_trajectory(nll, "bits/pixel")}.',
-        f'- Stage 2, learned prior on the frozen flow, latent L1 objective: {iters["stage2"]} iterations in '
-        f'{timings["stage2"]:.0f} s; latent L1 {_trajectory(latent, "")}. The paper trains with a VGG19 perceptual '
-        'loss; its ImageNet weights cannot be downloaded offline, so the demo trains the latent-L1 variant '
-        '(the paper reports it regresses toward the mean: sharper detail is not expected from it).',
-        f'- Evaluation (`basicsr test`): {timings["test"]:.0f} s.',
-        '',
-        '## Results on the held-out photos',
-        *markdown_table(summary),
-        '',
-        '## What this run showed',
-        *[f'- {line}' for line in findings(summary, skipped)],
-        '',
-        *seen_section,
-        '## Plot',
-        '![PSNR and LR-PSNR against temperature](psnr_vs_tau.png)',
-        '',
-        '## Images',
-        *[f'![{g.stem}]({g.name})' for g in grids],
-        '',
-        f'Per-image numbers: `{results / f"metrics_{dataset_name}.csv"}`; SR images: `{results / "visualization"}`.',
-        '',
-    ]
-    if linf_results is not None:
-        text += linf_section(linf_results, dataset_root, out_dir, context)
-    report = out_dir / 'report.md'
-    report.write_text('\n'.join(text))
-    return report
-
-
-# ---------------------------------------------------------------------------------------------- LINF
 def _scale_value(scale: str) -> float:
     """'x2' (as the run table writes scales) -> 2.0."""
     return float(scale.lstrip('x'))
 
 
-def _valid(value) -> bool:
-    return isinstance(value, (int, float)) and not math.isnan(value)
+def read_per_image(path: Path) -> list[dict]:
+    """A test set's ``metrics_<dataset>.csv``: one dict per image and method, metrics as floats
+    (NaN where empty) and ``finite`` as a bool."""
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in list(row):
+            if key == 'finite':
+                row[key] = row[key] == 'True'
+            elif key not in ('image', 'method'):
+                row[key] = float(row[key]) if row[key] not in ('', None) else math.nan
+    return rows
 
 
-def _method_label(method: str) -> str:
-    return method.replace('tau', 'τ = ')
+def load_run(results: Path) -> tuple[list[dict], dict[str, str]]:
+    """The rows of a test run's ``summary.json`` (every test set and method, sorted by scale, each
+    scale keeping the run's method order) and its skipped metrics with their reasons."""
+    data = json.loads((results / 'summary.json').read_text())
+    rows = sorted(data['rows'], key=lambda r: _scale_value(r['scale']) if r['scale'] else 0.0)
+    return rows, data.get('skipped_metrics', {})
 
 
-def load_linf_run(results: Path) -> tuple[list[dict], dict[str, str]]:
-    """The rows and skipped metrics of a multi-scale test run.
+def _metrics(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r if k not in _META))
+
+
+def _heldout(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r['dataset'].startswith(HELDOUT_PREFIX)]
+
+
+def _spread(per_image: list[dict], method: str, metric: str) -> tuple[float, float, float, float]:
+    """Mean, standard deviation (over the photos, ddof 0), min and max of one metric of one method."""
+    values = [r[metric] for r in per_image if r['method'] == method and _valid(r.get(metric))]
+    if not values:
+        return math.nan, math.nan, math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values)), float(min(values)), float(max(values))
+
+
+def _entries(results: Path, rows: list[dict], required: tuple[str, ...]) -> dict[str, dict]:
+    """summary.json's ``{scale: {method: entry}}`` for the held-out rows of one run."""
+    out: dict[str, dict] = {}
+    per_image: dict[str, list[dict]] = {}
+    for row in _heldout(rows):
+        if row['dataset'] not in per_image:
+            per_image[row['dataset']] = read_per_image(results / f'metrics_{row["dataset"]}.csv')
+        entry = {}
+        for metric in _metrics([row]):
+            mean = row.get(metric)
+            if _valid(mean):
+                entry[metric] = float(mean)
+                entry[f'{metric}_std'] = _spread(per_image[row['dataset']], row['method'], metric)[1]
+            elif metric in required:  # not computed: present, but null
+                entry[metric] = entry[f'{metric}_std'] = None
+        for metric in required:
+            entry.setdefault(metric, None)
+            entry.setdefault(f'{metric}_std', None)
+        entry['nonfinite'] = int(row['nonfinite'])
+        entry['images'] = int(row['images'])
+        out.setdefault(row['scale'], {})[row['method']] = entry
+    return out
+
+
+def hr_grid_scores(hr_dir: Path) -> tuple[float, float]:
+    """Mean grid-seam ratio and grid periodicity (3x3 patches) of the HR photos in ``hr_dir``: what
+    a result without grid artifacts scores. NaN when the folder has no PNG."""
+    from flowprior_plugin.metrics.grid_periodicity_metric import calculate_grid_periodicity
+    from flowprior_plugin.metrics.grid_seam_metric import calculate_grid_seam
+
+    seams, shares = [], []
+    for path in sorted(hr_dir.glob('*.png')):
+        hr = _read_rgb(path).astype(np.float64)
+        seams.append(calculate_grid_seam(hr, patch_size=3))
+        shares.append(calculate_grid_periodicity(hr, patch_size=3))
+    if not seams:
+        return math.nan, math.nan
+    return float(np.mean(seams)), float(np.mean(shares))
+
+
+def heldout_summary(srflow_results: Path, linf_results: Path, dataset_root: Path) -> dict:
+    """The held-out numbers of both test runs, in ``results/demo/summary.json``'s shape (without
+    ``seconds``, which the demo adds).
 
     Args:
-        results: The test run's ``results/<name>`` folder (its ``summary.json`` is read).
+        srflow_results: The SRFlow test run's ``results/<name>`` folder.
+        linf_results: The LINF multi-scale test run's folder.
+        dataset_root: The demo dataset (its ``test/HR`` photos give the ``hr`` scores).
 
     Returns:
-        The rows sorted by scale, the methods of each scale in the run's own order (prior first,
-        then the temperatures), and the skipped metrics with their reasons.
+        ``{'srflow': {'x4': {method: entry}}, 'linf': {'x2': {...}, ...}, 'hr': {'linf_seam',
+        'linf_periodicity'}}``. An entry holds each metric's mean over the held-out photos and its
+        per-image standard deviation (``<metric>_std``; ``psnr``, ``ssim``, ``lr_psnr`` and, for LINF,
+        ``seam`` and ``periodicity`` always, null if not computed; others such as ``lpips`` only when
+        computed), ``nonfinite`` (images with non-finite pixels) and ``images``.
     """
-    data = json.loads((results / 'summary.json').read_text())
-    rows = sorted(data['rows'], key=lambda r: _scale_value(r['scale']))  # stable: keeps the method order
-    return rows, data.get('skipped_metrics', {})
+    srflow_rows, _ = load_run(srflow_results)
+    linf_rows, _ = load_run(linf_results)
+    seam, periodicity = hr_grid_scores(dataset_root / 'test' / 'HR')
+    return {
+        'srflow': _entries(srflow_results, srflow_rows, REQUIRED),
+        'linf': _entries(linf_results, linf_rows, LINF_REQUIRED),
+        'hr': {'linf_seam': seam, 'linf_periodicity': periodicity},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- verdict
+def _temperatures(methods: dict) -> list[str]:
+    return sorted((m for m in methods if _tau(m) is not None), key=_tau)
+
+
+def _best(methods: dict, metric: str) -> str | None:
+    """The temperature with the best mean of ``metric`` (None when none has a value)."""
+    usable = [m for m in _temperatures(methods) if _valid(methods[m].get(metric))]
+    if not usable:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    return pick(usable, key=lambda m: methods[m][metric])
+
+
+def _conclusion(passed: int, total: int) -> str:
+    if total == 0:
+        return 'not measured in this run'
+    if passed == total:
+        return 'supported by this run'
+    if passed == 0:
+        return 'not supported by this run'
+    return f'partly supported ({passed} of {total} checks)'
+
+
+def _value(summary: dict, route: str, scale: str, method: str, metric: str):
+    value = summary.get(route, {}).get(scale, {}).get(method, {}).get(metric)
+    return value if _valid(value) else None
+
+
+def grid_verdict(summary: dict) -> str:
+    """The grid-artifact claim at x2-x4: the LINF prior's seam ratio below τ = 0's and τ = 0.8's, its
+    periodicity at most the HR photos' + 0.01."""
+    hr = summary.get('hr', {}).get('linf_periodicity')
+    limit = hr + PERIODICITY_MARGIN if _valid(hr) else None
+    seam_parts, period_parts, passed, total = [], [], 0, 0
+    for scale in IN_DISTRIBUTION:
+        prior, cold, hot = (_value(summary, 'linf', scale, m, 'seam') for m in ('prior', TAU_COLD, TAU_HOT))
+        if None not in (prior, cold, hot):
+            ok = prior < cold and prior < hot
+            passed, total = passed + ok, total + 1
+            seam_parts.append(f'{scale} {prior:.3f} vs {cold:.3f} and {hot:.3f}')
+        period = _value(summary, 'linf', scale, 'prior', 'periodicity')
+        if period is not None and limit is not None:
+            ok = period <= limit
+            passed, total = passed + ok, total + 1
+            period_parts.append(f'{scale} {period:.4f}')
+    seam_text = '; '.join(seam_parts) or 'not measured'
+    period_text = ', '.join(period_parts) or 'not measured'
+    return (
+        f'**Grid artifacts** (LINF, {", ".join(IN_DISTRIBUTION)}): {_conclusion(passed, total)}. Seam ratio of '
+        f'the prior vs {_label(TAU_COLD)} and {_label(TAU_HOT)} (lower is better): {seam_text}. Periodicity of the '
+        f"prior: {period_text}, against a limit of the HR photos' {_fmt(hr, 4)} + {PERIODICITY_MARGIN}."
+    )
+
+
+def _nonfinite_counts(summary: dict) -> tuple[int, int, dict[str, dict[str, int]]]:
+    """Non-finite images of the prior, images it was scored on, and per route the non-finite images
+    of every temperature summed over the scales."""
+    prior = images = 0
+    sampled: dict[str, dict[str, int]] = {}
+    for route in ROUTES:
+        for methods in summary.get(route, {}).values():
+            if 'prior' in methods:
+                prior += methods['prior']['nonfinite']
+                images += methods['prior']['images']
+            for method in _temperatures(methods):
+                totals = sampled.setdefault(route, {})
+                totals[method] = totals.get(method, 0) + methods[method]['nonfinite']
+    return prior, images, sampled
+
+
+def exploding_verdict(summary: dict) -> str:
+    """The exploding-inverse claim: images with non-finite pixels, prior against every temperature."""
+    prior, images, sampled = _nonfinite_counts(summary)
+    if prior > 0:
+        conclusion = f'not supported by this run: the prior itself produced {prior}'
+    elif any(n for totals in sampled.values() for n in totals.values()):
+        conclusion = 'supported by this run: only temperature sampling produced non-finite images'
+    else:
+        conclusion = 'no method produced a non-finite image here, so this run shows neither the failure nor its fix'
+    parts = [
+        f'{ROUTES[route]} ({", ".join(summary[route])}): ' + ', '.join(f'{_label(m)}: {n}' for m, n in totals.items())
+        for route, totals in sampled.items()
+    ]
+    return (
+        f'**Exploding inverses** (both routes): {conclusion}. Non-finite images of the prior: {prior} of {images}; '
+        f'of temperature sampling: {"; ".join(parts) or "not measured"}.'
+    )
+
+
+def best_temperature_per_image(per_image: list[dict], metric: str = 'psnr') -> dict[str, str]:
+    """Image -> the temperature with the best ``metric`` on that image."""
+    best: dict[str, tuple[float, str]] = {}
+    pick_lower = metric in LOWER_IS_BETTER
+    for row in per_image:
+        if _tau(row['method']) is None or not _valid(row.get(metric)):
+            continue
+        score = -row[metric] if pick_lower else row[metric]
+        if row['image'] not in best or score > best[row['image']][0]:
+            best[row['image']] = (score, row['method'])
+    return {image: method for image, (_, method) in best.items()}
+
+
+def temperature_verdict(summary: dict, per_image: list[dict]) -> str:
+    """The fixed-temperature claim (SRFlow x4): the prior's PSNR and LR-PSNR against the best fixed
+    temperature, and how the best temperature varies from photo to photo."""
+    methods = next(iter(summary.get('srflow', {}).values()), {})
+    scale = next(iter(summary.get('srflow', {})), '?')
+    parts, passed, total = [], 0, 0
+    for metric in ('psnr', 'lr_psnr'):
+        best = _best(methods, metric)
+        prior = _value(summary, 'srflow', scale, 'prior', metric)
+        if best is None or prior is None:
+            continue
+        ok = prior >= methods[best][metric]
+        passed, total = passed + ok, total + 1
+        parts.append(
+            f'{METRIC_LABELS[metric]} {prior:.2f} against {methods[best][metric]:.2f} for the best fixed '
+            f'temperature ({_label(best)})'
+        )
+    per_photo = best_temperature_per_image(per_image)
+    counts: dict[str, list[str]] = {}
+    for image, method in sorted(per_photo.items()):
+        counts.setdefault(method, []).append(image)
+    spread = '; '.join(f'{_label(m)} on {len(ims)} ({", ".join(ims)})' for m, ims in sorted(counts.items()))
+    beats = sum(
+        1
+        for image, method in per_photo.items()
+        for prior in [r for r in per_image if r['image'] == image and r['method'] == 'prior' and _valid(r['psnr'])]
+        for tau in [r for r in per_image if r['image'] == image and r['method'] == method]
+        if prior['psnr'] >= tau['psnr']
+    )
+    return (
+        f'**Fixed temperature** (SRFlow {scale}): {_conclusion(passed, total)}. The prior scores '
+        f'{"; ".join(parts) or "not measured"}. The best temperature by PSNR differs per photo: '
+        f"{spread or 'not measured'}; the prior matches or beats each photo's own best temperature on {beats} of "
+        f'{len(per_photo)} photos.'
+    )
+
+
+def check_targets(summary: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue #11's targets on the held-out photos: (target, measured numbers, met; None = not measured)."""
+    checks: list[tuple[str, str, bool | None]] = []
+
+    def at_least_every(route: str, scale: str, metric: str, taus: list[str] | None = None) -> None:
+        methods = summary.get(route, {}).get(scale, {})
+        taus = taus if taus is not None else _temperatures(methods)
+        prior = _value(summary, route, scale, 'prior', metric)
+        others = {t: _value(summary, route, scale, t, metric) for t in taus}
+        who = 'every fixed τ' if len(taus) != 1 else _label(taus[0])
+        target = f'{ROUTES[route]} {scale}: prior {METRIC_LABELS[metric]} ≥ {who}'
+        if prior is None or not others or None in others.values():
+            checks.append((target, 'not measured', None))
+            return
+        measured = f'prior {prior:.2f}; ' + ', '.join(f'{_label(t)} {v:.2f}' for t, v in others.items())
+        checks.append((target, measured, all(prior >= v for v in others.values())))
+
+    for scale in summary.get('srflow', {}):
+        at_least_every('srflow', scale, 'psnr')
+        at_least_every('srflow', scale, 'lr_psnr')
+    hr = summary.get('hr', {}).get('linf_periodicity')
+    for scale in IN_DISTRIBUTION:
+        at_least_every('linf', scale, 'psnr')
+        prior, cold, hot = (_value(summary, 'linf', scale, m, 'seam') for m in ('prior', TAU_COLD, TAU_HOT))
+        target = f'LINF {scale}: prior seam ratio < {_label(TAU_COLD)} and {_label(TAU_HOT)}'
+        if None in (prior, cold, hot):
+            checks.append((target, 'not measured', None))
+        else:
+            measured = f'prior {prior:.3f}; {_label(TAU_COLD)} {cold:.3f}, {_label(TAU_HOT)} {hot:.3f}'
+            checks.append((target, measured, prior < cold and prior < hot))
+        period = _value(summary, 'linf', scale, 'prior', 'periodicity')
+        target = f'LINF {scale}: prior periodicity ≤ HR + {PERIODICITY_MARGIN}'
+        if period is None or not _valid(hr):
+            checks.append((target, 'not measured', None))
+        else:
+            measured = f'prior {period:.4f}; HR {hr:.4f} + {PERIODICITY_MARGIN} = {hr + PERIODICITY_MARGIN:.4f}'
+            checks.append((target, measured, period <= hr + PERIODICITY_MARGIN))
+    for scale in OUT_OF_DISTRIBUTION:
+        at_least_every('linf', scale, 'psnr', [TAU_HOT])
+    prior, images, _ = _nonfinite_counts(summary)
+    target = 'The prior never produces a non-finite image (both routes, every scale)'
+    checks.append((target, f'{prior} of {images} images non-finite', prior == 0 if images else None))
+    return checks
+
+
+def targets_section(summary: dict) -> list[str]:
+    checks = check_targets(summary)
+    met = sum(ok is True for _, _, ok in checks)
+    measured = sum(ok is not None for _, _, ok in checks)
+    lines = [
+        '## Targets of issue #11 (held-out photos)',
+        f'{met} of {len(checks)} targets met'
+        + (f' ({len(checks) - measured} not measured).' if measured < len(checks) else '.'),
+        '',
+        '| target | measured | result |',
+        '|---|---|---|',
+    ]
+    for target, numbers, ok in checks:
+        lines.append(f'| {target} | {numbers} | {"met" if ok else "not measured" if ok is None else "**not met**"} |')
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def spread_table(results: Path, rows: list[dict], with_scale: bool) -> list[str]:
+    """Per-method means with their per-image spread: each cell 'mean ± std (min–max)' over the photos."""
+    metrics = [m for m in _metrics(rows) if any(_valid(r.get(m)) for r in rows)]
+    header = [*(['scale', 'group'] if with_scale else []), 'method', *[METRIC_LABELS.get(m, m) for m in metrics]]
+    table = ['| ' + ' | '.join([*header, 'non-finite images']) + ' |', '|' + '---|' * (len(header) + 1)]
+    per_image: dict[str, list[dict]] = {}
+    for row in rows:
+        if row['dataset'] not in per_image:
+            per_image[row['dataset']] = read_per_image(results / f'metrics_{row["dataset"]}.csv')
+        cells = [row['scale'], row.get('group') or '-'] if with_scale else []
+        cells.append(_label(row['method']))
+        for metric in metrics:
+            mean, std, low, high = _spread(per_image[row['dataset']], row['method'], metric)
+            digits = 4 if metric in ('ssim', 'periodicity', 'lpips') else 2 if metric != 'seam' else 3
+            cells.append(
+                'n/a'
+                if math.isnan(mean)
+                else f'{mean:.{digits}f} ± {std:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})'
+            )
+        cells.append(f'{row["nonfinite"]} of {row["images"]}')
+        table.append('| ' + ' | '.join(cells) + ' |')
+    return table
+
+
+def _better(a: float, b: float, metric: str) -> bool:
+    return a < b if metric in LOWER_IS_BETTER else a > b
 
 
 def _scales(rows: list[dict]) -> list[str]:
@@ -307,175 +423,77 @@ def _row(rows: list[dict], scale: str, method: str) -> dict:
     return next(r for r in rows if r['scale'] == scale and r['method'] == method)
 
 
-def linf_table(rows: list[dict]) -> list[str]:
-    """The LINF comparison table as markdown lines.
-
-    Args:
-        rows: Rows of :func:`load_linf_run`.
-
-    Returns:
-        Header, separator and one line per scale and method: scale, group, method, PSNR, SSIM,
-        LR-PSNR, seam ratio, grid periodicity, images with non-finite pixels.
-    """
-    header = ['scale', 'group', 'method', *[METRIC_LABELS[m] for m in LINF_COLUMNS], 'non-finite images']
-    table = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for row in rows:
-        cells = [row['scale'], row.get('group') or '-', _method_label(row['method'])]
-        cells += [_fmt(row.get(m, math.nan), 4) for m in LINF_COLUMNS]
-        cells.append(str(row['nonfinite']))
-        table.append('| ' + ' | '.join(cells) + ' |')
-    return table
-
-
-def _better(a: float, b: float, metric: str) -> bool:
-    return a < b if metric in LOWER_IS_BETTER else a > b
-
-
-def linf_findings(rows: list[dict], skipped: dict[str, str]) -> list[str]:
-    """Statements about the LINF test run, each derived from its numbers.
-
-    Per metric and scale group (in- / out-of-distribution): the prior's mean against the temperature
-    with the best mean, and at how many scales the prior beats every temperature; then how the
-    hottest temperature compares with the coolest, the scales where the prior's seam ratio and PSNR
-    are both the lowest, the non-finite counts and the skipped metrics.
-
-    Args:
-        rows: Rows of :func:`load_linf_run`.
-        skipped: Skipped metric -> reason.
-
-    Returns:
-        One sentence per finding.
-    """
+def linf_findings(rows: list[dict]) -> list[str]:
+    """Per metric and scale group of the LINF run: the prior's mean against the temperature with the
+    best mean, and at how many scales the prior beats every temperature."""
     methods = _methods(rows)
     samples = [m for m in methods if _tau(m) is not None]
     if 'prior' not in methods or not samples:
         return ['The LINF table lacks the learned prior or temperature sampling; nothing to compare.']
     lines = []
     groups = list(dict.fromkeys(r.get('group') or 'all scales' for r in rows))
-    for metric in LINF_COLUMNS:
-        label = METRIC_LABELS[metric]
-        note = {
-            'seam': ' (lower is better; about 1 means no seams on the 3×3 grid)',
-            'periodicity': ' (lower is better; about 0 means no pattern repeated in every 3×3 patch)',
-        }.get(metric, '')
+    for metric in ('psnr', 'ssim', 'lr_psnr', 'seam', 'periodicity'):
         parts = []
         for group in groups:
             scales = [s for s in _scales(rows) if (_row(rows, s, 'prior').get('group') or 'all scales') == group]
-            # Only scales where the prior and every temperature have a value are compared.
-            usable = [
-                s for s in scales if all(_valid(_row(rows, s, m).get(metric, math.nan)) for m in ['prior', *samples])
-            ]
+            usable = [s for s in scales if all(_valid(_row(rows, s, m).get(metric)) for m in ['prior', *samples])]
             if not usable:
                 continue
-
-            means = {m: float(np.mean([_row(rows, sc, m)[metric] for sc in usable])) for m in ['prior', *samples]}
-            prior_mean = means['prior']
-            pick = min if metric in LOWER_IS_BETTER else max
-            best = pick(samples, key=lambda m: means[m])
+            means = {m: float(np.mean([_row(rows, s, m)[metric] for s in usable])) for m in ['prior', *samples]}
+            best = (min if metric in LOWER_IS_BETTER else max)(samples, key=lambda m: means[m])
             wins = [
                 s
                 for s in usable
                 if all(_better(_row(rows, s, 'prior')[metric], _row(rows, s, m)[metric], metric) for m in samples)
             ]
-            diff = prior_mean - means[best]
-            if diff == 0:
-                verdict = 'equal to'
-            else:
-                verdict = f'{"better" if _better(prior_mean, means[best], metric) else "worse"} by {abs(diff):.3f} than'
+            diff = means['prior'] - means[best]
+            verdict = (
+                'equal to'
+                if diff == 0
+                else (
+                    f'{"better" if _better(means["prior"], means[best], metric) else "worse"} by {abs(diff):.3f} than'
+                )
+            )
             parts.append(
-                f'{group} ({", ".join(usable)}): the prior averages {prior_mean:.3f}, {verdict} the best '
-                f'temperature on average (τ = {_tau(best):g}: {means[best]:.3f}); it beats every temperature at '
-                f'{len(wins)} of {len(usable)} scales' + (f' ({", ".join(wins)})' if wins else '')
+                f'{group} ({", ".join(usable)}): the prior averages {means["prior"]:.3f}, {verdict} the best '
+                f'temperature ({_label(best)}: {means[best]:.3f}); it beats every temperature at {len(wins)} of '
+                f'{len(usable)} scales' + (f' ({", ".join(wins)})' if wins else '')
             )
         if parts:
-            lines.append(f'{label[0].upper()}{label[1:]}{note}: ' + '; '.join(parts) + '.')
-    hot, cold = max(samples, key=_tau), min(samples, key=_tau)
-    if hot != cold:
-        for metric, what in (('psnr', 'PSNR'), ('seam', 'the seam ratio')):
-            usable = [
-                s
-                for s in _scales(rows)
-                if _valid(_row(rows, s, hot).get(metric, math.nan))
-                and _valid(_row(rows, s, cold).get(metric, math.nan))
-            ]
-            if usable:
-                rises = [s for s in usable if _row(rows, s, hot)[metric] > _row(rows, s, cold)[metric]]
-                lines.append(
-                    f'Temperature sampling: {what} is higher at τ = {_tau(hot):g} than at τ = {_tau(cold):g} at '
-                    f'{len(rises)} of {len(usable)} scales'
-                    + (f' ({", ".join(rises)})' if rises else '')
-                    + f'; mean {np.mean([_row(rows, s, cold)[metric] for s in usable]):.3f} at τ = {_tau(cold):g}, '
-                    f'{np.mean([_row(rows, s, hot)[metric] for s in usable]):.3f} at τ = {_tau(hot):g}.'
-                )
-    # A lower seam ratio is only good news if the image is not worse otherwise: flag the scales where
-    # the prior has both the lowest seam ratio and the lowest PSNR of every method.
-    both = [
-        s
-        for s in _scales(rows)
-        if all(_valid(_row(rows, s, m).get(k, math.nan)) for m in methods for k in ('seam', 'psnr'))
-        and all(_row(rows, s, 'prior')['seam'] < _row(rows, s, m)['seam'] for m in samples)
-        and all(_row(rows, s, 'prior')['psnr'] < _row(rows, s, m)['psnr'] for m in samples)
-    ]
-    if both:
-        lines.append(
-            f'At {", ".join(both)} the prior has both the lowest seam ratio and the lowest PSNR of all methods: '
-            'there its lower seam ratio does not make it the better image (see the zoomed crops).'
-        )
-    bad = [r for r in rows if r.get('nonfinite')]
-    if bad:
-        counts = ', '.join(f'{_method_label(r["method"])} at {r["scale"]}: {r["nonfinite"]}' for r in bad)
-        lines.append(f'Images with non-finite pixels (exploding inverse): {counts}.')
-    else:
-        lines.append(
-            f'No method produced non-finite pixels at any scale ({len(_scales(rows))} scales × '
-            f'{rows[0]["images"]} held-out images).'
-        )
-    for metric, reason in skipped.items():
-        lines.append(f'{metric.upper()} was not computed: {reason}')
+            label = METRIC_LABELS[metric]
+            lower = ' (lower is better)' if metric in LOWER_IS_BETTER else ''
+            lines.append(f'{label[0].upper()}{label[1:]}{lower}: ' + '; '.join(parts) + '.')
     return lines
 
 
-def plot_linf_scales(rows: list[dict], path: Path) -> None:
-    """Plot PSNR, the seam ratio and the grid periodicity against the scale, one line per method, out of
-    distribution shaded.
-
-    Args:
-        rows: Rows of :func:`load_linf_run`.
-        path: The PNG to write.
-    """
+# ---------------------------------------------------------------------------------------------- figures
+def _pyplot():
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    scales = _scales(rows)
-    xs = [_scale_value(s) for s in scales]
-    methods = _methods(rows)
-    taus = [m for m in methods if _tau(m) is not None]
-    colours = plt.cm.viridis(np.linspace(0.15, 0.85, max(len(taus), 1)))
-    in_dist = [_scale_value(r['scale']) for r in rows if r.get('group') == 'in-distribution']
-    panels = [m for m in ('psnr', 'seam', 'periodicity') if any(_valid(r.get(m, math.nan)) for r in rows)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
-    for ax, metric in zip(np.atleast_1d(axes), panels):
-        for method in methods:
-            ys = [_row(rows, s, method).get(metric, math.nan) for s in scales]
-            if method == 'prior':
-                ax.plot(xs, ys, 's--', color='tab:red', linewidth=2, label='learned prior')
-            else:
-                colour = colours[taus.index(method)]
-                ax.plot(xs, ys, 'o-', color=colour, label=f'τ = {_tau(method):g}')
-        if in_dist and max(in_dist) < max(xs):
-            ax.axvspan(max(in_dist), max(xs), color='grey', alpha=0.12, label='out of distribution')
-        if metric == 'seam':
-            ax.axhline(1.0, color='black', linewidth=0.8, linestyle=':')
-        ax.set_xscale('log')
-        ax.set_xticks(xs)
-        ax.set_xticklabels(scales)
-        ax.minorticks_off()
-        ax.set_xlabel('scale')
-        hint = {'seam': ' (1 = no seams, lower is better)', 'periodicity': ' (0 = none, lower is better)'}
-        ax.set_ylabel(METRIC_LABELS[metric] + hint.get(metric, ''))
-        ax.set_title(f'LINF: {METRIC_LABELS[metric]} against scale (held-out photos)')
+    return plt
+
+
+def plot_metrics_vs_temperature(methods: dict, path: Path) -> None:
+    """SRFlow: PSNR and LR-PSNR (mean ± per-image std) against τ, the learned prior as its own band."""
+    plt = _pyplot()
+    taus = _temperatures(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ('psnr', 'lr_psnr')):
+        xs = [_tau(t) for t in taus]
+        ys = [methods[t].get(metric) or math.nan for t in taus]
+        err = [methods[t].get(f'{metric}_std') or 0.0 for t in taus]
+        ax.errorbar(xs, ys, yerr=err, fmt='o-', capsize=3, label='temperature sampling (± std over photos)')
+        prior = methods.get('prior', {})
+        if _valid(prior.get(metric)):
+            mean, std = prior[metric], prior.get(f'{metric}_std') or 0.0
+            ax.axhline(mean, color='tab:red', linestyle='--', label='learned prior')
+            ax.axhspan(mean - std, mean + std, color='tab:red', alpha=0.1)
+        ax.set_xlabel('temperature τ')
+        ax.set_ylabel(METRIC_LABELS[metric])
+        ax.set_title(f'SRFlow: {METRIC_LABELS[metric]} on held-out photos')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -483,194 +501,375 @@ def plot_linf_scales(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _zoom(image: np.ndarray, top: int, left: int) -> np.ndarray:
-    crop = image[top : top + LINF_ZOOM, left : left + LINF_ZOOM]
-    return cv2.resize(
-        crop, (crop.shape[1] * LINF_ENLARGE, crop.shape[0] * LINF_ENLARGE), interpolation=cv2.INTER_NEAREST
-    )
+def plot_linf_scales(linf: dict, hr: dict, path: Path) -> None:
+    """LINF: PSNR, seam ratio and periodicity against scale, one line per method, the HR photos'
+    seam ratio and periodicity as references."""
+    plt = _pyplot()
+    scales = sorted(linf, key=_scale_value)
+    xs = [_scale_value(s) for s in scales]
+    methods = list(dict.fromkeys(m for s in scales for m in linf[s]))
+    taus = [m for m in methods if _tau(m) is not None]
+    colours = plt.cm.viridis(np.linspace(0.15, 0.85, max(len(taus), 1)))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, metric in zip(axes, ('psnr', 'seam', 'periodicity')):
+        for method in methods:
+            ys = [linf[s].get(method, {}).get(metric) or math.nan for s in scales]
+            if method == 'prior':
+                ax.plot(xs, ys, 's--', color='tab:red', linewidth=2, label='learned prior')
+            else:
+                ax.plot(xs, ys, 'o-', color=colours[taus.index(method)], label=_label(method))
+        reference = hr.get(f'linf_{metric}')
+        if _valid(reference):
+            ax.axhline(reference, color='black', linewidth=0.8, linestyle=':', label='HR photos')
+        ax.axvspan(max(_scale_value(s) for s in IN_DISTRIBUTION), max(xs), color='grey', alpha=0.1)
+        ax.set_xscale('log')
+        ax.set_xticks(xs)
+        ax.set_xticklabels(scales)
+        ax.minorticks_off()
+        ax.set_xlabel('scale (shaded: out of distribution)')
+        ax.set_ylabel(METRIC_LABELS[metric] + ('' if metric == 'psnr' else ' (lower is better)'))
+        ax.set_title(f'LINF: {METRIC_LABELS[metric]} (held-out photos)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def linf_zoom_grid(results: Path, dataset_root: Path, rows: list[dict], scale: str, path: Path) -> str:
-    """Zoomed, nearest-neighbour enlarged centre crops at ``scale`` (e.g. 'x4'): one row per held-out
-    photo, columns HR, the prior, τ = 0 (or the coolest temperature) and the hottest temperature.
-
-    The crop starts on the 3x3 patch grid of the SR (which starts at the image's top-left), so its
-    seams fall between every third enlarged pixel.
-
-    Args:
-        results: The test run's results folder (SR images and per-image CSVs).
-        dataset_root: The demo dataset (``val/HR``).
-        rows: Rows of :func:`load_linf_run`.
-        scale: The scale shown, as the rows write it.
-        path: The PNG to write.
-
-    Returns:
-        The name of the test set shown.
-    """
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    dataset = _row(rows, scale, 'prior')['dataset']
-    taus = sorted((m for m in _methods(rows) if _tau(m) is not None), key=_tau)
-    methods = ['prior', *dict.fromkeys([taus[0], taus[-1]])] if taus else ['prior']
-    with open(results / f'metrics_{dataset}.csv') as handle:
-        per_image = list(csv.DictReader(handle))
-    images = sorted({r['image'] for r in per_image})
-    fig, axes = plt.subplots(len(images), 1 + len(methods), figsize=(2.8 * (1 + len(methods)), 3.1 * len(images)))
-    axes = np.atleast_2d(axes)
-    for i, image in enumerate(images):
-        srs = [_read_rgb(results / 'visualization' / dataset / m / f'{image}.png') for m in methods]
-        h, w = srs[0].shape[:2]
-        hr = _read_rgb(dataset_root / 'val' / 'HR' / f'{image}.png')[:h, :w]  # the test's top-left HR region
-        top = max(0, (h - LINF_ZOOM) // 2) // 3 * 3
-        left = max(0, (w - LINF_ZOOM) // 2) // 3 * 3
-        panels = [('HR', hr)]
-        for method, sr in zip(methods, srs):
-            row = next(r for r in per_image if r['image'] == image and r['method'] == method)
-            numbers = []
-            if row.get('psnr'):
-                numbers.append(f'{float(row["psnr"]):.2f} dB')
-            if row.get('seam'):
-                numbers.append(f'seam {float(row["seam"]):.3f}')
-            if row.get('periodicity'):
-                numbers.append(f'per. {float(row["periodicity"]):.3f}')
-            panels.append((_method_label(method).replace(' = ', '=') + '\n' + ', '.join(numbers), sr))
-        for ax, (title, picture) in zip(axes[i], panels):
-            ax.imshow(_zoom(picture, top, left), interpolation='nearest')
-            ax.set_title(f'{image}: {title}' if title == 'HR' else title, fontsize=9)
-            ax.axis('off')
-    fig.suptitle(
-        f'LINF at {scale}: {LINF_ZOOM}×{LINF_ZOOM} HR centre crops enlarged ×{LINF_ENLARGE} (nearest neighbour)',
-        fontsize=10,
-    )
+def plot_losses(losses: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """One panel per training stage, one line per logged loss."""
+    plt = _pyplot()
+    stages = [(stage, named) for stage, named in losses.items() if any(named.values())]
+    if not stages:
+        return
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.4))
+    for ax, (stage, named) in zip(np.atleast_1d(axes), stages):
+        for name, values in named.items():
+            if values:
+                ax.plot(range(1, len(values) + 1), values, label=name)
+        ax.set_title(stage.replace('_', ', '), fontsize=10)
+        ax.set_xlabel('logged step')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return dataset
 
 
-def hr_grid_scores(results: Path, dataset_root: Path, dataset: str) -> tuple[float, float]:
-    """Mean grid-seam ratio and grid periodicity of the held-out HR photos themselves: what a result
-    without grid artifacts scores.
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f'demo report: image not found: {path}')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def pick_photos(per_image: list[dict], count: int = GRID_PHOTOS) -> list[tuple[str, float]]:
+    """The photos where the prior's PSNR gain over the best temperature on that photo is largest,
+    median and smallest: (photo, gain in dB), largest first."""
+    best = best_temperature_per_image(per_image)
+    gains = []
+    for image, method in best.items():
+        prior = next((r['psnr'] for r in per_image if r['image'] == image and r['method'] == 'prior'), math.nan)
+        tau = next(r['psnr'] for r in per_image if r['image'] == image and r['method'] == method)
+        if _valid(prior):
+            gains.append((image, prior - tau))
+    gains.sort(key=lambda g: -g[1])
+    if len(gains) <= count:
+        return gains
+    picks = np.linspace(0, len(gains) - 1, count).round().astype(int)
+    return [gains[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def _zoom(image: np.ndarray, side: int, enlarge: int, multiple: int = 1) -> np.ndarray:
+    """A centre crop of ``side`` pixels (its corner on a multiple of ``multiple``), enlarged by nearest neighbour."""
+    h, w = image.shape[:2]
+    top = max(0, (h - side) // 2) // multiple * multiple
+    left = max(0, (w - side) // 2) // multiple * multiple
+    crop = image[top : top + side, left : left + side]
+    return cv2.resize(crop, (crop.shape[1] * enlarge, crop.shape[0] * enlarge), interpolation=cv2.INTER_NEAREST)
+
+
+def zoom_grid(
+    results: Path,
+    dataset: str,
+    hr_dir: Path,
+    photos: list[tuple[str, float]],
+    methods: list[str],
+    title: str,
+    path: Path,
+    zoom: tuple[int, int, int] = (SRFLOW_ZOOM, SRFLOW_ENLARGE, 1),
+    lr_dir: Path | None = None,
+) -> None:
+    """Rows of zoomed centre crops: optionally the LR (nearest), then each method's SR, then the HR.
 
     Args:
-        results: The test run's results folder.
-        dataset_root: The demo dataset (``val/HR``).
-        dataset: The test set whose crop is used (the top-left region its SR images cover).
-
-    Returns:
-        The mean seam ratio and the mean periodicity over the photos (NaN when the test set has no images).
+        results: The test run's folder (``visualization/<dataset>/<method>/<photo>.png``, per-image CSV).
+        dataset: The test set shown.
+        hr_dir: Folder of the HR photos (cropped to the SR's size: the region the test covers).
+        photos: (photo, prior's gain in dB) per row, from :func:`pick_photos`.
+        methods: Columns, in order.
+        title: The figure's title.
+        path: The PNG to write.
+        zoom: HR crop side, enlargement, and the multiple the crop's corner sits on (3 for LINF's patch grid).
+        lr_dir: Folder of the LR photos, for an LR column; None: no LR column.
     """
-    from flowprior_plugin.metrics.grid_periodicity_metric import calculate_grid_periodicity
-    from flowprior_plugin.metrics.grid_seam_metric import calculate_grid_seam
+    plt = _pyplot()
+    side, enlarge, multiple = zoom
+    per_image = read_per_image(results / f'metrics_{dataset}.csv')
+    columns = len(methods) + 1 + (lr_dir is not None)
+    fig, axes = plt.subplots(len(photos), columns, figsize=(2.6 * columns, 2.9 * len(photos)), squeeze=False)
+    for i, (photo, gain) in enumerate(photos):
+        srs = [_read_rgb(results / 'visualization' / dataset / m / f'{photo}.png') for m in methods]
+        h, w = srs[0].shape[:2]
+        hr = _read_rgb(hr_dir / f'{photo}.png')[:h, :w]
+        panels = []
+        if lr_dir is not None:
+            lr = _read_rgb(lr_dir / f'{photo}.png')
+            panels.append(('LR (nearest)', cv2.resize(lr, (w, h), interpolation=cv2.INTER_NEAREST)))
+        for method, sr in zip(methods, srs):
+            row = next(r for r in per_image if r['image'] == photo and r['method'] == method)
+            numbers = [f'{row["psnr"]:.2f} dB'] if _valid(row.get('psnr')) else []
+            if _valid(row.get('seam')):
+                numbers.append(f'seam {row["seam"]:.2f}')
+            if _valid(row.get('periodicity')):
+                numbers.append(f'per. {row["periodicity"]:.3f}')
+            panels.append((_label(method).replace(' = ', '=') + '\n' + ', '.join(numbers), sr))
+        panels.append((f'HR: {photo}\nprior gain {gain:+.2f} dB', hr))
+        for ax, (caption, picture) in zip(axes[i], panels):
+            ax.imshow(_zoom(picture, side, enlarge, multiple), interpolation='nearest')
+            ax.set_title(caption, fontsize=8)
+            ax.axis('off')
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
-    ratios, shares = [], []
-    for sr_path in sorted((results / 'visualization' / dataset / 'prior').glob('*.png')):
-        h, w = _read_rgb(sr_path).shape[:2]
-        hr = _read_rgb(dataset_root / 'val' / 'HR' / sr_path.name)[:h, :w].astype(np.float64)
-        ratios.append(calculate_grid_seam(hr, patch_size=3))
-        shares.append(calculate_grid_periodicity(hr, patch_size=3))
-    if not ratios:
-        return math.nan, math.nan
-    return float(np.mean(ratios)), float(np.mean(shares))
+
+# ---------------------------------------------------------------------------------------------- text
+def _trajectory(values: list[float]) -> str:
+    """How a logged loss moved: the mean of its first tenth of values against that of its last tenth."""
+    if len(values) < 2:
+        return 'not logged'
+    k = max(1, len(values) // 10)  # a tenth smooths the noise of single logged batches
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    return f'{first:.4g} → {last:.4g} (mean of the first and last {k} logged values)'
 
 
-def linf_section(results: Path, dataset_root: Path, out_dir: Path, context: dict) -> list[str]:
-    """The report's "LINF (arbitrary scale)" section: setup, multi-scale table, findings, plot, grids.
+def objective_text(losses: dict[str, dict]) -> str:
+    """A stage-2 objective as its option file sets it, e.g. 'l_pix = L1Loss × 1 + l_latent = ...'."""
+    active = [f'{name} = {loss["type"]} × {loss["weight"]:g}' for name, loss in losses.items() if loss['weight']]
+    logged = [f'{name} ({loss["type"]}, weight 0: logged only)' for name, loss in losses.items() if not loss['weight']]
+    return ' + '.join(active) + (f'; {", ".join(logged)}' if logged else '') if losses else 'no loss option set'
 
-    Writes ``linf_scales.png`` and ``linf_grid_<scale>.png`` (x4 and the largest scale) into ``out_dir``.
 
-    Args:
-        results: The LINF test run's results folder.
-        dataset_root: The demo dataset.
-        out_dir: The report's folder.
-        context: :func:`write_report`'s, with the LINF keys: ``iterations`` and ``timings`` of
-            ``linf1`` / ``linf2`` (and ``timings['linf_test']``), ``linf_nll`` / ``linf_latent``
-            (logged losses) and ``linf_options`` (the ``network``, ``data`` and ``generator``
-            sections of the option files).
+def _dict_table(rows: dict[str, dict]) -> list[str]:
+    """A table of {row name: {column: value}}, columns in first-seen order."""
+    columns = list(dict.fromkeys(k for values in rows.values() if isinstance(values, dict) for k in values))
+    table = ['| | ' + ' | '.join(columns) + ' |', '|' + '---|' * (len(columns) + 1)]
+    for name, values in rows.items():
+        values = values if isinstance(values, dict) else {}
+        table.append(f'| {name} | ' + ' | '.join(_fmt(values.get(c), 2) for c in columns) + ' |')
+    return table
 
-    Returns:
-        The section's markdown lines.
-    """
-    rows, skipped = load_linf_run(results)
-    plot = out_dir / 'linf_scales.png'
-    plot_linf_scales(rows, plot)
-    scales = _scales(rows)
-    grid_scales = list(dict.fromkeys(s for s in (LINF_GRID_SCALE, scales[-1]) if s in scales))
-    grids = {s: out_dir / f'linf_grid_{s}.png' for s in grid_scales}
-    shown = {s: linf_zoom_grid(results, dataset_root, rows, s, path) for s, path in grids.items()}
-    hr_seam, hr_periodicity = hr_grid_scores(results, dataset_root, shown[grid_scales[0]])
 
-    timings, iters = context['timings'], context['iterations']
-    setup = context['linf_options']
-    net, data, generator = setup['network'], setup['data'], setup['generator']
-    encoder = net.get('encoder_opt') or {}
-    flow_text = (
-        f'LINF {net["patch_size"]}×{net["patch_size"]}-patch flow, {net["encoder"]} encoder '
-        f'({encoder.get("num_blocks", "released")} blocks × {encoder.get("nf", "released")} features), hidden width '
-        f'{net["hidden_dim"]}, {net["flow_layers"]} flow layers'
+def objective_choice_section(path: Path) -> list[str]:
+    """The "How the objectives were chosen" section from ``options/demo/objective_choice.json``."""
+    lines = ['## How the objectives were chosen (validation split, not the held-out photos)']
+    if not path.is_file():
+        return [*lines, f'`{path}` is missing: this report cannot say how the stage-2 objectives were chosen.', '']
+    try:
+        choice = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        return [*lines, f'`{path}` is not valid JSON ({exc}): the choice cannot be shown.', '']
+    lines.append(
+        f'Measured {choice.get("measured", "(date not given)")} on the {choice.get("split", "(split not given)")}.'
     )
-    data_text = (
-        f'a random scale per sample in [{float(data["scale_min"]):g}, {float(data["scale_max"]):g}], '
-        f'{data["lq_size"]}×{data["lq_size"]} LR crops ({str(data.get("lr_resize", "pil")).upper()} bicubic) with '
-        f'{data["gt_size"]}×{data["gt_size"]} HR windows'
-    )
-    linf_nll, linf_latent = context.get('linf_nll') or [], context.get('linf_latent') or []
-    # Without dequantisation noise the NLL is a density of continuous values, not discrete bits: say
-    # so, or a negative number would read as a bug.
-    nll_note = (
-        ''
-        if net.get('dequantization') == 'uniform'
-        else ', the density of the 8-bit residual taken as continuous values (no dequantisation noise, as '
-        "LINF's release trains), so it can go below zero"
-    )
-    groups = {}
-    for scale in scales:
-        groups.setdefault(_row(rows, scale, 'prior').get('group') or 'ungrouped', []).append(scale)
+    for route, title in ROUTES.items():
+        entry = choice.get(route)
+        if not isinstance(entry, dict):
+            lines += ['', f'{title}: not in the file.']
+            continue
+        lines += [
+            '',
+            f'### {title}: chosen **{entry.get("chosen", "?")}**',
+            f'Why: {entry.get("why", "(not given)")}',
+            '',
+        ]
+        if isinstance(entry.get('candidates'), dict):
+            lines += _dict_table(entry['candidates'])
+        if isinstance(entry.get('alignment'), dict):
+            lines += ['', 'LR alignment of the training windows:', '', *_dict_table(entry['alignment'])]
+    return [*lines, '']
+
+
+def verdict_section(summary: dict, srflow_per_image: list[dict]) -> list[str]:
     return [
-        '## LINF (arbitrary scale)',
-        "The same comparison on LINF's 3×3-patch flow, which samples every patch independently (the source of "
-        'the "grid artifacts" the learned prior is meant to remove), at several scales in one `basicsr test` run. '
-        'The training patches are the same as above; the scale is drawn per sample.',
-        '',
-        f'- Stage 1, {flow_text}, by likelihood on {data_text}: {iters["linf1"]} iterations in '
-        f'{timings["linf1"]:.0f} s; NLL {_trajectory(linf_nll, "bits/pixel")}{nll_note}.',
-        f'- Stage 2, learned prior on the frozen LINF (LR encoder with stride 3, UNet depth '
-        f'{generator["depth"]} width {generator["width"]}), latent L1 objective (no VGG19 weights '
-        f'offline, as above): {iters["linf2"]} iterations in {timings["linf2"]:.0f} s; latent L1 '
-        f'{_trajectory(linf_latent, "")}.',
-        f'- Evaluation on the held-out photos at {", ".join(scales)}: '
-        + '; '.join(f'{group} {", ".join(members)}' for group, members in groups.items())
-        + f' (LR by MATLAB bicubic up to x4, PIL bicubic above, as LINF evaluates): {timings["linf_test"]:.0f} s.',
-        '',
-        '### Results per scale (mean over the held-out photos)',
-        *linf_table(rows),
-        '',
-        'Seam ratio: mean squared pixel step across the 3×3 patch grid over that inside patches (about 1 = no '
-        f'seams; higher = visible grid artifacts). For reference, the HR photos themselves score {_fmt(hr_seam, 3)} '
-        f'(cropped as at {grid_scales[0]}). The ratio weighs steps across the grid against steps inside patches: '
-        'a pattern that repeats in every patch (a blob per patch) raises the steps inside patches as much as or '
-        'more than those across, so it can leave the ratio near 1 or below. Grid periodicity measures exactly that '
-        'case: the share of the fine detail that is the same in every 3×3 patch (0 for a photo, 1 for a pure '
-        f'lattice); the HR photos score {_fmt(hr_periodicity, 4)}.',
-        '',
-        '### What this run showed (LINF)',
-        *[f'- {line}' for line in linf_findings(rows, skipped)],
-        '',
-        '### Plot',
-        f'![PSNR, seam ratio and grid periodicity against scale]({plot.name})',
-        '',
-        '### Zoomed crops',
-        f'Centre crops of {LINF_ZOOM}×{LINF_ZOOM} HR pixels at {" and ".join(grid_scales)}, enlarged '
-        f'×{LINF_ENLARGE} without smoothing: a 3×3 patch is {3 * LINF_ENLARGE}×{3 * LINF_ENLARGE} screen pixels, so '
-        'grid artifacts show as a lattice at that period. Captions: PSNR, seam ratio and grid periodicity '
-        '(per.) of the whole image.',
-        '',
-        *[f'![LINF zoomed crops at {s}]({path.name})' for s, path in grids.items()],
-        '',
-        f'Per-image numbers: `{results / f"metrics_{shown[grid_scales[0]]}.csv"}` (one file per scale); SR images: '
-        f'`{results / "visualization"}`; all scales: `{results / "summary.md"}`.',
+        '## Verdict (the six held-out photos)',
+        f'- {grid_verdict(summary)}',
+        f'- {exploding_verdict(summary)}',
+        f'- {temperature_verdict(summary, srflow_per_image)}',
         '',
     ]
+
+
+def write_report(
+    summary: dict,
+    srflow_results: Path,
+    linf_results: Path,
+    dataset_root: Path,
+    out_dir: Path,
+    context: dict,
+) -> Path:
+    """Write ``out_dir/report.md`` with its plots and grids; returns the report's path.
+
+    Args:
+        summary: :func:`heldout_summary`'s dict with ``seconds`` (the demo's time so far).
+        srflow_results: The SRFlow test run's folder (held-out ``demo_heldout`` and validation sets).
+        linf_results: The LINF test run's folder (held-out ``demo_heldout_x*`` and validation sets).
+        dataset_root: The demo dataset (``test/`` held out, ``val/`` validation split).
+        out_dir: Where the report and its figures go.
+        context: From the demo: ``quick``, ``spec`` (DemoDatasetSpec), ``train_patches``,
+            ``iterations`` and ``losses`` per training stage (logged values per loss name),
+            ``objectives`` (per route, :func:`flowprior_plugin.demo.training_losses` of the prior's
+            option file), ``objective_choice`` (path of the JSON), ``samples`` (draws per image of
+            each route's test) and ``linf_options``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    srflow_rows, srflow_skipped = load_run(srflow_results)
+    linf_rows, linf_skipped = load_run(linf_results)
+    srflow_held, linf_held = _heldout(srflow_rows), _heldout(linf_rows)
+    srflow_val = [r for r in srflow_rows if r not in srflow_held]
+    linf_val = [r for r in linf_rows if r not in linf_held]
+    srflow_dataset = srflow_held[0]['dataset']
+    srflow_per_image = read_per_image(srflow_results / f'metrics_{srflow_dataset}.csv')
+    test_hr, test_lr = dataset_root / 'test' / 'HR', dataset_root / 'test' / 'LR'
+
+    srflow_methods = next(iter(summary['srflow'].values()))
+    plot_metrics_vs_temperature(srflow_methods, out_dir / 'psnr_vs_tau.png')
+    plot_linf_scales(summary['linf'], summary['hr'], out_dir / 'linf_scales.png')
+    plot_losses(context['losses'], out_dir / 'losses.png')
+    order = [*_temperatures(srflow_methods), 'prior']
+    zoom_grid(
+        srflow_results, srflow_dataset, test_hr, pick_photos(srflow_per_image), order,
+        f'SRFlow x4: {SRFLOW_ZOOM}×{SRFLOW_ZOOM} HR centre crops enlarged ×{SRFLOW_ENLARGE} (nearest neighbour)',
+        out_dir / 'srflow_grid.png', lr_dir=test_lr,
+    )  # fmt: skip
+    linf_scales = list(summary['linf'])
+    grid_scales = list(dict.fromkeys(s for s in (LINF_GRID_SCALE, linf_scales[-1]) if s in linf_scales))
+    linf_dataset = {r['scale']: r['dataset'] for r in linf_held}
+    linf_photos = pick_photos(read_per_image(linf_results / f'metrics_{linf_dataset[grid_scales[0]]}.csv'))
+    linf_taus = _temperatures(summary['linf'][grid_scales[0]])
+    linf_columns = ['prior', *dict.fromkeys([linf_taus[0], linf_taus[-1]])] if linf_taus else ['prior']
+    for scale in grid_scales:
+        zoom_grid(
+            linf_results, linf_dataset[scale], test_hr, linf_photos, linf_columns,
+            f'LINF {scale}: {LINF_ZOOM}×{LINF_ZOOM} HR centre crops on the 3×3 patch grid, enlarged ×{LINF_ENLARGE}',
+            out_dir / f'linf_grid_{scale}.png', zoom=(LINF_ZOOM, LINF_ENLARGE, 3),
+        )  # fmt: skip
+
+    spec, iters, losses = context['spec'], context['iterations'], context['losses']
+    seconds = summary['seconds']
+    objectives = context['objectives']
+    linf_opt = context['linf_options']
+    prior_data = linf_opt['prior_data']
+    skipped = {**srflow_skipped, **linf_skipped}
+    hr = summary['hr']
+    text = [
+        '# flowprior-plugin demo: the learned prior against temperature sampling',
+        '',
+        f'Run on {datetime.now():%Y-%m-%d %H:%M}, {platform.machine()} CPU, '
+        + (
+            'QUICK mode (a few iterations per stage, small photos: the numbers mean nothing)'
+            if context['quick']
+            else 'full demo'
+        )
+        + f'; {seconds["total"]:.0f} s of demo wall time before this report.',
+        '',
+        *verdict_section(summary, srflow_per_image),
+        *targets_section(summary),
+        '',
+        '## Data (split by photo)',
+        f'- Training: {context["train_patches"]} HR patches of {spec.patch}×{spec.patch} '
+        f'(stride {spec.stride}) cut from '
+        f'{", ".join(spec.train_photos)}; LR by MATLAB-style bicubic ×{spec.scale}.',
+        f'- Validation split, where training choices are made: {", ".join(spec.validation_photos)} (whole photos).',
+        f'- Held out, for the verdict only: {", ".join(spec.held_out_photos)} (whole photos, longer side '
+        f'{spec.eval_max_side}). Every number above and in the next two sections is on these photos.',
+        '',
+        *objective_choice_section(Path(context['objective_choice'])),
+        '## Training (ordinary `basicsr train` runs on `options/demo/`)',
+        f'- SRFlow, stage 1 by likelihood: {iters["srflow_likelihood"]} iterations in '
+        f'{seconds["stages"]["srflow_likelihood"]:.0f} s; l_nll {_trajectory(losses["srflow_likelihood"]["l_nll"])}.',
+        f'- SRFlow, stage 2, learned prior on the frozen flow: {objective_text(objectives["srflow"])}; '
+        f'{iters["srflow_prior"]} iterations in {seconds["stages"]["srflow_prior"]:.0f} s; '
+        + '; '.join(f'{n} {_trajectory(v)}' for n, v in losses['srflow_prior'].items())
+        + '.',
+        f'- LINF, stage 1 by likelihood: {iters["linf_likelihood"]} iterations in '
+        f'{seconds["stages"]["linf_likelihood"]:.0f} s; l_nll {_trajectory(losses["linf_likelihood"]["l_nll"])}.',
+        f'- LINF, stage 2, learned prior on the frozen flow (UNet depth {linf_opt["generator"]["depth"]}, '
+        f'{prior_data["lq_size"]}×{prior_data["lq_size"]} LR crops, {prior_data["gt_size"]}×{prior_data["gt_size"]} '
+        f'HR windows, LR alignment `{linf_opt["lr_alignment"]}`): {objective_text(objectives["linf"])}; '
+        f'{iters["linf_prior"]} iterations in {seconds["stages"]["linf_prior"]:.0f} s; '
+        + '; '.join(f'{n} {_trajectory(v)}' for n, v in losses['linf_prior'].items())
+        + '.',
+        '- The paper trains the prior with a VGG19 perceptual loss; its ImageNet weights cannot be downloaded '
+        'offline, so the demo trains the objectives above.',
+        '',
+        '![Logged training losses per stage](losses.png)',
+        '',
+        f'## SRFlow x4 on the held-out photos ({srflow_held[0]["images"]} photos)',
+        'Each cell: mean ± standard deviation over the photos (min–max). Temperature sampling is scored per photo '
+        f'as the mean over {context["samples"]["srflow"]} draw(s) (`val.samples`); LINF below over '
+        f'{context["samples"]["linf"]}.',
+        '',
+        *spread_table(srflow_results, srflow_held, with_scale=False),
+        '',
+        '![PSNR and LR-PSNR against temperature](psnr_vs_tau.png)',
+        '',
+        'Zoomed crops of the photos where the prior gains most, a median one and where it gains least against '
+        "that photo's best temperature:",
+        '',
+        '![SRFlow zoomed crops](srflow_grid.png)',
+        '',
+        f'## LINF at {", ".join(linf_scales)} on the held-out photos',
+        '',
+        *spread_table(linf_results, linf_held, with_scale=True),
+        '',
+        f'The HR photos themselves score a seam ratio of {_fmt(hr["linf_seam"], 3)} (about 1 = no seams on the 3×3 '
+        f'patch grid) and a grid periodicity of {_fmt(hr["linf_periodicity"], 4)} (the share of detail repeated in '
+        'every 3×3 patch; 0 for a photo, 1 for a pure lattice).',
+        '',
+        *[f'- {line}' for line in linf_findings(linf_held)],
+        '',
+        '![PSNR, seam ratio and grid periodicity against scale](linf_scales.png)',
+        '',
+        *[f'![LINF zoomed crops at {s}](linf_grid_{s}.png)' for s in grid_scales],
+        '',
+        *[f'{metric.upper()} was not computed: {reason}' for metric, reason in skipped.items()],
+        '',
+        '## Validation split (where training choices were made; not the verdict)',
+        f'Photos {", ".join(spec.validation_photos)}.',
+        '',
+        '### SRFlow x4',
+        *(spread_table(srflow_results, srflow_val, with_scale=False) if srflow_val else ['Not in this run.']),
+        '',
+        '### LINF',
+        *(spread_table(linf_results, linf_val, with_scale=True) if linf_val else ['Not in this run.']),
+        '',
+        '## Time',
+        f'Demo wall time before this report: {seconds["total"]:.0f} s ({seconds["total"] / 60:.1f} min), from the '
+        "start of the demo's main function (after Python has imported torch and BasicSR); "
+        '`results/demo/summary.json` adds the report itself.',
+        '',
+        '| step | seconds |',
+        '|---|---|',
+        *[f'| {stage.replace("_", " ")} | {value:.0f} |' for stage, value in seconds['stages'].items()],
+        f'| total | {seconds["total"]:.0f} |',
+        '',
+        f'Numbers for tools: `{out_dir / "summary.json"}`. Per-image numbers: `{srflow_results}/metrics_*.csv`, '
+        f'`{linf_results}/metrics_*.csv`; SR images under their `visualization/` folders.',
+        '',
+    ]
+    report = out_dir / 'report.md'
+    report.write_text('\n'.join(text))
+    return report
