@@ -81,7 +81,10 @@ def test_multi_scale_table_has_every_scale_method_and_metric(route):
         assert math.isnan(row['lpips'])  # no AlexNet weights offline: reported as skipped
     assert 'lpips' in summary['skipped_metrics']
     table = (route['results'] / 'summary.md').read_text()
-    columns = 'dataset scale group method images psnr ssim lr_psnr lpips seam periodicity nonfinite'.split()
+    columns = (
+        'dataset scale group method images psnr ssim lr_psnr lpips seam periodicity '
+        'psnr_linf_lp ssim_linf_lp lr_psnr_linf_lp nonfinite'
+    ).split()
     assert '| ' + ' | '.join(columns) + ' |' in table
     assert table.count('| DIV2K_val_x12 |') == 3 and 'lpips skipped' in table
 
