@@ -199,7 +199,7 @@ def checkpoint_read_message(path: str, exc: BaseException | None = None) -> str:
     reason = str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else 'unreadable'
     if 'weights only' in reason.lower() or 'weights_only' in reason.lower():
         # torch's advice (weights_only=False) would run arbitrary code from the file: not ours to give.
-        reason = 'it holds pickled Python objects, not only tensors; save a state dict instead'
+        reason = 'corrupt, or it holds pickled Python objects besides tensors'
     return f'{path}: not a readable PyTorch checkpoint ({reason[:160]}); check the path or write it again'
 
 

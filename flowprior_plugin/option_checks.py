@@ -218,6 +218,7 @@ def check_machine(opt: dict, launcher: str, source: str = 'options') -> list[str
             resolve_backend((opt.get('dist_params') or {}).get('backend'))
         except OptionError as exc:
             problems.append(f'{source}: {exc}')
+            return problems  # one line per mistake: the environment matters once the backend does
         missing = [name for name in TORCHRUN_ENV if name not in os.environ]
         if missing:
             problems.append(
@@ -227,12 +228,29 @@ def check_machine(opt: dict, launcher: str, source: str = 'options') -> list[str
     return problems
 
 
-def check_option_file(path: str, is_train: bool, launcher: str | None = None) -> list[str]:
-    """Read a yml option file and check it with :func:`check_options` and, given the launcher of a
-    run, :func:`check_machine`."""
+def apply_overrides(opt: dict, overrides: list[str] | None) -> dict:
+    """``opt`` with BasicSR's ``--force_yml key1:key2=value`` overrides applied, as its
+    ``parse_options`` applies them (values: ``~``/``none`` -> None, numbers, lists, ...)."""
+    from basicsr.utils.options import _postprocess_yml_value
+
+    for entry in overrides or []:
+        keys, _, value = entry.partition('=')
+        *parents, last = [key.strip() for key in keys.split(':')]
+        section = opt
+        for key in parents:
+            section = section.setdefault(key, {})
+        section[last] = _postprocess_yml_value(value.strip())
+    return opt
+
+
+def check_option_file(
+    path: str, is_train: bool, launcher: str | None = None, overrides: list[str] | None = None
+) -> list[str]:
+    """Read a yml option file, apply the ``--force_yml`` ``overrides``, and check it with
+    :func:`check_options` and, given the launcher of a run, :func:`check_machine`."""
     try:
         with open(path) as handle:
-            opt = yaml.safe_load(handle)
+            opt = apply_overrides(yaml.safe_load(handle), overrides)
     except yaml.YAMLError as exc:
         return [f'{path}: not valid YAML: {exc}']
     problems = check_options(opt, is_train=is_train, source=path)

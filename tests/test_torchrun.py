@@ -20,6 +20,7 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from conftest import REPO_ROOT, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, run_cli, write_paired_images
+from probe_plugins import install_test_plugin
 
 TORCHRUN = Path(sys.executable).parent / 'torchrun'
 # Two ranks with batch 2 against one process with batch 4: the same samples per step (BasicSR's
@@ -75,13 +76,7 @@ def free_port() -> int:
 @pytest.fixture(scope='module')
 def probe_plugin(tmp_path_factory) -> Path:
     """A folder that, on PYTHONPATH, is an installed plugin of the entry-point group basicsr.plugins."""
-    root = tmp_path_factory.mktemp('probe_plugin')
-    (root / 'rank_probe.py').write_text(PROBE)
-    info = root / 'rank_probe-0.dist-info'
-    info.mkdir()
-    (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: rank-probe\nVersion: 0\n')
-    (info / 'entry_points.txt').write_text('[basicsr.plugins]\nrank_probe = rank_probe\n')
-    return root
+    return install_test_plugin(tmp_path_factory.mktemp('probe_plugin'), 'rank_probe', PROBE)
 
 
 @pytest.fixture(scope='module')
