@@ -396,7 +396,7 @@ def spread_table(results: Path, rows: list[dict], with_scale: bool) -> list[str]
         cells.append(_label(row['method']))
         for metric in metrics:
             mean, std, low, high = _spread(per_image[row['dataset']], row['method'], metric)
-            digits = 4 if metric in ('ssim', 'periodicity', 'lpips') else 2 if metric != 'seam' else 3
+            digits = 4 if re.search('ssim|periodicity|lpips', metric) else 3 if 'seam' in metric else 2
             cells.append(
                 'n/a'
                 if math.isnan(mean)
