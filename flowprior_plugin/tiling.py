@@ -30,7 +30,7 @@ from flowprior_plugin.flow_protocol import FlowCondition, Latents, OutputSize, o
 
 # LR pixels of margin around each tile when ``val.tile`` gives none (see docs/tiling.md for the
 # measured seam error against the overlap).
-DEFAULT_OVERLAP = 16
+DEFAULT_OVERLAP = 8
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 from conftest import TINY_HCFLOW, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, finalize_options, tiny_module
 
+from flowprior_plugin import benchmark
 from flowprior_plugin.archs.hcflow_arch import HCFlowNet
 from flowprior_plugin.archs.linf_arch import LINFNet
 from flowprior_plugin.archs.srflow_arch import SRFlowNet
@@ -171,3 +173,41 @@ def test_prior_samples_share_one_mean_and_report_diversity(tmp_path):
     assert len(calls) == 2  # once per method, not per sample
     assert sample_diversity(out['prior+0.3']) > 0.1
     assert sample_diversity(out['prior+0.3'][:1] * 2) == 0
+
+
+# ---------------------------------------------------------------- benchmark --memory (tiny sizes)
+
+
+def test_memory_benchmark_ends_with_the_memory_line(capsys):
+    code = benchmark.main(['--memory', '--tiny', '--threads', '1', '--sizes', '8', '16', '32', '--tile', '8'])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    pattern = (
+        r'memory: tiled_peak_32/tiled_peak_8=(\d+\.\d\d) whole_peak_16/whole_peak_8=\d+\.\d\d '
+        r'tiled_time_per_pixel_32/whole_time_per_pixel_16=\d+\.\d\d seam_max_abs=(\d\.\d{4})'
+    )
+    match = re.fullmatch(pattern, lines[-1])
+    assert match, lines[-1]
+    assert float(match[2]) <= 1 / 255  # tiled equals whole within the seam target at the default overlap
+    rows = [line.split() for line in lines if re.match(r'\s*\d+\s+(whole|tiled)\s', line)]
+    assert [(int(r[0]), r[1]) for r in rows] == [(s, m) for s in (8, 16, 32) for m in ('whole', 'tiled')]
+
+
+def test_memory_benchmark_skips_whole_images_the_machine_cannot_hold(capsys, monkeypatch):
+    # A machine whose usable share is below the first whole case's peak: every larger whole image
+    # (predicted from that case) is skipped, with a line saying so.
+    real = benchmark.run_in_fresh_process
+    machine = {}
+
+    def run(*args, target):
+        result = real(*args, target=target)
+        machine.setdefault('kib', int(result['peak_kib'] * 0.9 / benchmark.MEMORY_SHARE))
+        return result
+
+    monkeypatch.setattr(benchmark, 'run_in_fresh_process', run)
+    monkeypatch.setattr(benchmark, '_machine_kib', lambda: machine.get('kib', 2**40))
+    code = benchmark.main(['--memory', '--tiny', '--threads', '1', '--sizes', '8', '24', '32', '--tile', '8'])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert sum('whole  skipped: a whole image would need about' in line for line in lines) == 2, lines
+    assert lines[-1] == 'memory: not measured (whole 24 skipped)'
