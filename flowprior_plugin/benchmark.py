@@ -557,8 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ------------------------------------------------------------------ --memory: whole against tiled
 MEMORY_SIZES = (64, 128, 256, 512)
-# LR pixels per tile side of the memory benchmark (see docs/tiling.md for the trade-off measured).
-MEMORY_TILE = 64
+# LR pixels per tile side of the memory benchmark: with the default overlap (8) a tile computes
+# 64x64 LR pixels, the size of the smallest whole case (see docs/tiling.md for the trade-off).
+MEMORY_TILE = 48
 # The released SRFlow-LP prior module (UNet depth 3, width 64, no LR encoder), and a tiny one.
 SRFLOW_LP_PRIOR = dict(generator={'type': 'UNet', 'depth': 3, 'width': 64}, prior_features=64, lr_encoder=False)
 TINY_PRIOR_OPTIONS = dict(generator={'type': 'UNet', 'depth': 2, 'width': 8}, prior_features=8, lr_encoder=False)
@@ -616,7 +617,7 @@ def _predicted_whole_kib(results: dict[tuple[str, int], dict], lr_size: int) -> 
     if not done:
         return None
     r = results[('whole', done[-1])]
-    return int(r['peak_kib'] + r['increase_kib'] * (lr_size**2 / done[-1] ** 2 - 1))
+    return int(r['peak_kib'] + max(r['increase_kib'], 0) * (lr_size**2 / done[-1] ** 2 - 1))
 
 
 def memory_main(args: argparse.Namespace) -> int:
@@ -632,7 +633,6 @@ def memory_main(args: argparse.Namespace) -> int:
         f'path: condition, initial_prior, prior, decode; tiles of {tile.size} LR pixels with an overlap of '
         f'{tile.overlap}; one run per case after a 16x16 warm-up, in a fresh process; peak = ru_maxrss'
     )
-    machine = _machine_kib()
     results: dict[tuple[str, int], dict] = {}
     print(
         f'{"LR side":>7}  {"mode":<5}  {"time [s]":>9}  {"us / LR px":>10}  '
@@ -641,6 +641,7 @@ def memory_main(args: argparse.Namespace) -> int:
     for size in sizes:
         for mode in ('whole', 'tiled'):
             predicted = _predicted_whole_kib(results, size) if mode == 'whole' else None
+            machine = _machine_kib()
             if predicted is not None and predicted > MEMORY_SHARE * machine:
                 print(
                     f'{size:>7}  {mode:<5}  skipped: a whole image would need about {predicted / 2**20:.1f} GiB, '
