@@ -34,6 +34,13 @@ builds the network and inputs, notes its resident set size (RSS), runs the case 
 RSS high-water mark (``getrusage().ru_maxrss``). The "peak increase" is that high-water mark minus
 the RSS just before the case: the memory the case itself needed at its peak, allocator caching
 included. Times are the median of ``--repeats`` further runs in the same process.
+
+``--memory`` runs instead the learned-prior path (with the SRFlow-LP prior's architecture) whole
+against tiled at LR 64, 128, 256 and 512 (``--sizes``, ``--tile``, ``--overlap``), one run per
+case in a fresh process; whole images predicted to need more than 75% of the machine's memory are
+skipped with a line saying so. Its last line is ``memory: tiled_peak_512/tiled_peak_64=X.XX
+whole_peak_256/whole_peak_64=Y.YY tiled_time_per_pixel_512/whole_time_per_pixel_256=Z.ZZ
+seam_max_abs=W.WWWW`` (see docs/tiling.md).
 """
 
 from __future__ import annotations
