@@ -121,15 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_plugins()
     from flowprior_plugin.basicsr_patches import use_dist_params
-    from flowprior_plugin.option_checks import check_option_file
+    from flowprior_plugin.option_checks import apply_overrides, check_option_file
 
-    problems = check_option_file(opt_path, is_train=args.command == 'train', launcher=args.launcher)
+    # Checked as BasicSR will run it: with the --force_yml overrides applied.
+    problems = check_option_file(
+        opt_path, is_train=args.command == 'train', launcher=args.launcher, overrides=args.force_yml
+    )
     if problems:
         for problem in problems:
             print(f'basicsr {args.command}: error: {problem}', file=sys.stderr)
         return 2
     with open(opt_path) as handle:
-        opt = yaml.safe_load(handle)
+        opt = apply_overrides(yaml.safe_load(handle), args.force_yml)
     use_dist_params(opt.get('dist_params'))  # BasicSR's parse_options does not pass them on
 
     # BasicSR's parse_options reads sys.argv itself.

@@ -368,7 +368,9 @@ class FlowBaseModel(SRModel):
         os.makedirs(root, exist_ok=True)
         csv_path = osp.join(root, f'metrics_{dataset_name}.csv')
         with open(csv_path, 'w', newline='') as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()) if rows else ['image'])
+            # Every column any row has, in first-seen order (only methods with noise have 'diversity').
+            columns = list(dict.fromkeys(key for row in rows for key in row)) or ['image']
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
         with open(osp.join(root, f'summary_{dataset_name}.md'), 'w') as handle:
