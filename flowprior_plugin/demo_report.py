@@ -668,7 +668,7 @@ def _dict_table(rows: dict[str, dict]) -> list[str]:
     table = ['| | ' + ' | '.join(columns) + ' |', '|' + '---|' * (len(columns) + 1)]
     for name, values in rows.items():
         values = values if isinstance(values, dict) else {}
-        table.append(f'| {name} | ' + ' | '.join(_fmt(values.get(c), 2) for c in columns) + ' |')
+        table.append(f'| {name} | ' + ' | '.join(_fmt(values.get(c), 3) for c in columns) + ' |')
     return table
 
 
@@ -696,9 +696,22 @@ def objective_choice_section(path: Path) -> list[str]:
             '',
         ]
         if isinstance(entry.get('candidates'), dict):
-            lines += _dict_table(entry['candidates'])
-        if isinstance(entry.get('alignment'), dict):
-            lines += ['', 'LR alignment of the training windows:', '', *_dict_table(entry['alignment'])]
+            # The prior of each candidate, then temperature sampling on the same photos for reference.
+            temperatures = entry.get('temperatures') if isinstance(entry.get('temperatures'), dict) else {}
+            lines += _dict_table({**entry['candidates'], **temperatures})
+        checks = (('iterations_check', 'Training length'), ('alignment', 'LR alignment of the training windows'))
+        for key, title in checks:
+            check = entry.get(key)
+            if isinstance(check, dict):
+                # {'why': text, setting: {scale or split: metrics} or metrics} -> one row per setting and scale
+                rows = {}
+                for setting, values in check.items():
+                    if isinstance(values, dict) and all(isinstance(v, dict) for v in values.values()):
+                        rows.update({f'{setting}, {where}': v for where, v in values.items()})
+                    elif isinstance(values, dict):
+                        rows[setting] = values
+                why = f' ({check["why"]})' if isinstance(check.get('why'), str) else ''
+                lines += ['', f'{title}{why}:', '', *_dict_table(rows)]
     return [*lines, '']
 
 

@@ -191,7 +191,13 @@ def test_objective_choice_section_renders_the_file_or_says_it_is_missing(tmp_pat
     text = '\n'.join(objective_choice_section(path))
     assert 'Measured 2026-12-02 on the validation photos rocket, brick.' in text
     assert '### SRFlow: chosen **pixel**' in text and 'Why: higher LR-PSNR' in text
-    assert '| pixel | 25.60 | 41.20 |' in text and '| release | 24.50 |' in text
+    assert '| pixel | 25.600 | 41.200 |' in text and '| release | 24.500 |' in text
+    # a setting measured per scale becomes one row per scale
+    choice['linf']['alignment'] = {'why': 'held out', 'window': {'x2': {'psnr': 32.1}, 'x4': {'psnr': 27.8}}}
+    path.write_text(json.dumps(choice))
+    text = '\n'.join(objective_choice_section(path))
+    assert 'LR alignment of the training windows (held out):' in text
+    assert '| window, x2 | 32.100 |' in text and '| window, x4 | 27.800 |' in text
 
 
 def test_training_losses_come_from_the_train_section(tmp_path):
