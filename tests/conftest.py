@@ -166,6 +166,20 @@ def write_paired_images(root: Path, count: int, hr_size: tuple[int, int], scale:
     return root
 
 
+def paired_dataset(data: Path, **options) -> dict:
+    """BasicSR's ``PairedImageDataset`` options for a :func:`write_paired_images` folder (disk IO,
+    file names as they are); ``options`` add to them (gt_size, batch size, flips, ...)."""
+    return {
+        'name': 'tiny',
+        'type': 'PairedImageDataset',
+        'dataroot_gt': str(data / 'hr'),
+        'dataroot_lq': str(data / 'lr'),
+        'filename_tmpl': '{}',
+        'io_backend': {'type': 'disk'},
+        **options,
+    }
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 600):
     """Run ``python -m flowprior_plugin ARGS`` (the ``basicsr`` command) in ``cwd``."""
     import subprocess

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import REPO_ROOT, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, run_cli, write_paired_images
+from conftest import REPO_ROOT, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, paired_dataset, run_cli, write_paired_images
 from probe_plugins import install_test_plugin
 
 TORCHRUN = Path(sys.executable).parent / 'torchrun'
@@ -86,20 +86,15 @@ def data(tmp_path_factory) -> Path:
 
 
 def options(name: str, model_type: str, data: Path, batch: int, **sections) -> dict:
-    dataset = {
-        'name': 'tiny',
-        'type': 'PairedImageDataset',
-        'dataroot_gt': str(data / 'hr'),
-        'dataroot_lq': str(data / 'lr'),
-        'filename_tmpl': '{}',
-        'io_backend': {'type': 'disk'},
-        'gt_size': 16,
-        'use_hflip': False,
-        'use_rot': False,
-        'num_worker_per_gpu': 0,
-        'batch_size_per_gpu': batch,
-        'dataset_enlarge_ratio': 1,
-    }
+    dataset = paired_dataset(
+        data,
+        gt_size=16,
+        use_hflip=False,
+        use_rot=False,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=batch,
+        dataset_enlarge_ratio=1,
+    )
     return {
         'name': name,
         'model_type': model_type,

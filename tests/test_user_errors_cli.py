@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_SRFLOW, captured, finalize_options, run_cli, write_paired_images
+from conftest import TINY_SRFLOW, captured, finalize_options, paired_dataset, run_cli, write_paired_images
 
 
 @pytest.fixture(scope='module')
@@ -20,19 +20,14 @@ def data(tmp_path_factory) -> Path:
 
 
 def base_options(data: Path) -> dict:
-    dataset = {
-        'name': 'tiny',
-        'type': 'PairedImageDataset',
-        'dataroot_gt': str(data / 'hr'),
-        'dataroot_lq': str(data / 'lr'),
-        'filename_tmpl': '{}',
-        'io_backend': {'type': 'disk'},
-        'gt_size': 16,
-        'use_hflip': False,
-        'use_rot': False,
-        'num_worker_per_gpu': 0,
-        'batch_size_per_gpu': 2,
-    }
+    dataset = paired_dataset(
+        data,
+        gt_size=16,
+        use_hflip=False,
+        use_rot=False,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=2,
+    )
     return {
         'name': 'mistake',
         'model_type': 'FlowSRModel',

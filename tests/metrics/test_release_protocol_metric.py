@@ -16,7 +16,7 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.metrics import calculate_metric
 from basicsr.metrics.psnr_ssim import calculate_psnr
 from basicsr.models import build_model
-from conftest import TINY_LINF, finalize_options, load_golden, run_cli, write_paired_images
+from conftest import TINY_LINF, finalize_options, load_golden, paired_dataset, run_cli, write_paired_images
 
 from flowprior_plugin.errors import InputShapeError, OptionError
 from flowprior_plugin.metrics import PROTOCOLS, evaluate_as_released, matlab_imresize
@@ -180,14 +180,7 @@ def cli_run(tmp_path_factory):
     data = write_paired_images(root / 'data', count=2, hr_size=(48, 64), scale=4)
     torch.manual_seed(3)
     torch.save({'params': build_network(dict(TINY_LINF)).state_dict()}, root / 'flow.pth')
-    dataset = {
-        'name': 'tiny',
-        'type': 'PairedImageDataset',
-        'dataroot_gt': str(data / 'hr'),
-        'dataroot_lq': str(data / 'lr'),
-        'filename_tmpl': '{}',
-        'io_backend': {'type': 'disk'},
-    }
+    dataset = paired_dataset(data)
     opt = {
         'name': 'protocols',
         'model_type': 'FlowSRModel',

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import TINY_PRIOR, TINY_SRFLOW, run_cli, write_paired_images
+from conftest import TINY_PRIOR, TINY_SRFLOW, paired_dataset, run_cli, write_paired_images
 from probe_plugins import install_test_plugin
 
 STALL = """
@@ -41,19 +41,14 @@ FlowBaseModel.save = save
 
 
 def options(data: Path, name: str) -> dict:
-    dataset = {
-        'name': 'tiny',
-        'type': 'PairedImageDataset',
-        'dataroot_gt': str(data / 'hr'),
-        'dataroot_lq': str(data / 'lr'),
-        'filename_tmpl': '{}',
-        'io_backend': {'type': 'disk'},
-        'gt_size': 16,  # the whole image: no random crop
-        'use_hflip': False,
-        'use_rot': False,
-        'num_worker_per_gpu': 0,
-        'batch_size_per_gpu': 2,  # 4 images: 2 iterations per epoch
-    }
+    dataset = paired_dataset(
+        data,
+        gt_size=16,  # the whole image: no random crop
+        use_hflip=False,
+        use_rot=False,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=2,  # 4 images: 2 iterations per epoch
+    )
     return {
         'name': name,
         'model_type': 'FlowPriorModel',
