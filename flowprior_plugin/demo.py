@@ -1,6 +1,6 @@
 """The offline end-to-end demo: real photos -> flows by likelihood -> learned priors -> report.
 
-    python -m flowprior_plugin.demo            # about twelve and a half minutes on two CPU cores
+    python -m flowprior_plugin.demo            # about ten minutes on two idle CPU cores
     python -m flowprior_plugin.demo --quick    # a few iterations per stage, small photos (CI)
 
 Two routes on the same photos, each three stages: SRFlow at x4 (likelihood, learned prior, test),
