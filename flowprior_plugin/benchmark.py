@@ -63,9 +63,10 @@ from torch import Tensor, nn
 from flowprior_plugin.archs.hcflow_arch import HCFlowNet, official_hcflow_options
 from flowprior_plugin.archs.latent_prior_arch import LatentPriorNet
 from flowprior_plugin.archs.linf_arch import LINFNet, official_linf_options
-from flowprior_plugin.archs.srflow_arch import FlowStep, SRFlowNet, official_srflow_options
-from flowprior_plugin.layers.flow_layers import ActNorm, Conv2dZeros, InvertibleConv1x1, standardize_per_pixel
+from flowprior_plugin.archs.srflow_arch import SRFlowNet, official_srflow_options
+from flowprior_plugin.layers.flow_layers import standardize_per_pixel
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear
+from flowprior_plugin.layers.random_init import randomize_parameters_
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 from flowprior_plugin.tiling import DEFAULT_OVERLAP, TileInputs, TileOptions, predict_tiled, predict_whole
 
@@ -81,48 +82,6 @@ TINY_OPTIONS = dict(scale=4, nf=16, nb=2, gc=8, K=2, hidden_channels=16, stacked
 HCFLOW_TINY_OPTIONS = dict(scale=4, nf=16, nb=1, gc=8, K=4, n_additional_steps=2, hidden_channels=16)
 TEMPERATURE = 0.9
 PLAIN_TOLERANCE = 1e-4
-
-
-@torch.no_grad()
-def randomize_parameters_(net: nn.Module, generator: torch.Generator | None = None, strength: float = 1.0) -> None:
-    """Give every parameter of a flow a random, well-conditioned value (in place).
-
-    Zero-initialised convolutions and ActNorms get small random values (so no coupling is the
-    identity), invertible 1x1 convolutions random orthogonal matrices, and every ActNorm is marked
-    initialised (so training mode does not overwrite the values). The ActNorm of each coupled
-    SRFlow step compensates the couplings' average scale, as the data-dependent init would. Other
-    weights keep their random init; biases get small random values.
-
-    Args:
-        net: The network (any module built from this package's flow layers).
-        generator: Random generator on the CPU. Default: None.
-        strength: Multiplier of the random magnitudes of zero-convs and ActNorms. Default: 1.0.
-    """
-
-    def randn_(t: Tensor, std: float) -> None:
-        t.copy_(torch.randn(t.shape, generator=generator, dtype=t.dtype) * std)
-
-    for module in net.modules():
-        if isinstance(module, ActNorm):
-            randn_(module.bias, 0.1 * strength)
-            randn_(module.logs, 0.05 * strength)
-            module.initialized = True
-        elif isinstance(module, InvertibleConv1x1):
-            q = torch.linalg.qr(torch.randn(module.weight.shape, generator=generator, dtype=torch.float64))[0]
-            module.weight.copy_(q)
-        elif isinstance(module, Conv2dZeros):
-            # Scaled by fan-in: the hidden activations they read are not normalised by a data init.
-            randn_(module.weight, 0.05 * strength / math.sqrt(module.weight[0].numel()))
-            randn_(module.bias, 0.1 * strength)
-            randn_(module.logs, 0.05 * strength)
-        elif isinstance(module, nn.Conv2d) and module.bias is not None:
-            randn_(module.bias, 0.01)
-    for module in net.modules():
-        if isinstance(module, FlowStep) and module.affine is not None:
-            # A near-zero coupling scales by sigmoid(2) + eps twice per step; let the step's ActNorm
-            # undo that on average (as data-dependent init would) so a deep flow neither shrinks
-            # nor blows up.
-            module.actnorm.logs.sub_(2 * math.log(1 / (1 + math.exp(-2.0)) + module.affine.eps))
 
 
 def build_net(tiny: bool, seed: int = 0, model: str = 'srflow') -> SRFlowNet | HCFlowNet:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import flowprior_plugin  # noqa: F401  (registers everything, installs the torchvision stand-in)
-from flowprior_plugin.benchmark import randomize_parameters_
+from flowprior_plugin.layers.random_init import randomize_parameters_
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

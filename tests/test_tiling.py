@@ -13,7 +13,7 @@ from flowprior_plugin import benchmark
 from flowprior_plugin.archs.hcflow_arch import HCFlowNet
 from flowprior_plugin.archs.linf_arch import LINFNet
 from flowprior_plugin.archs.srflow_arch import SRFlowNet
-from flowprior_plugin.benchmark import randomize_parameters_
+from flowprior_plugin.layers.random_init import randomize_parameters_
 from flowprior_plugin.models.flow_base import sample_diversity
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 from flowprior_plugin.tiling import (

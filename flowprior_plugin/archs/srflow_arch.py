@@ -344,6 +344,14 @@ class FlowStep(nn.Module):
         z = self.invconv.reverse(z)
         return self.actnorm.reverse(z)
 
+    @torch.no_grad()
+    def rebalance_after_randomize_(self) -> None:
+        """After random parameters (:func:`~flowprior_plugin.layers.random_init.randomize_parameters_`):
+        a near-zero coupling scales by sigmoid(2) + eps twice per step; let the step's ActNorm undo
+        that on average (as the data-dependent init would) so a deep flow neither shrinks nor blows up."""
+        if self.affine is not None:
+            self.actnorm.logs.sub_(2 * math.log(1 / (1 + math.exp(-2.0)) + self.affine.eps))
+
 
 class Split2d(nn.Module):
     """Factor out half of the channels as a latent, Gaussian given the other half.

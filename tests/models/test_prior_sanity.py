@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from conftest import TINY_HCFLOW, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, finalize_options
 
 from flowprior_plugin.archs.latent_prior_arch import LatentPriorNet, LatentWindow
-from flowprior_plugin.benchmark import randomize_parameters_
 from flowprior_plugin.data.demo_photos import load_photo
 from flowprior_plugin.flow_protocol import HRWindow
+from flowprior_plugin.layers.random_init import randomize_parameters_
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 
 
