@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup_env.sh $(VENV)
 
 demo: setup
-	$(PYTHON) -m flowprior_plugin.demo $(DEMO_ARGS)
+	$(PYTHON) -m flowprior_plugin.tools.demo $(DEMO_ARGS)
 
 test: setup
 	$(PYTHON) -m pytest -q
@@ -20,4 +20,4 @@ lint: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pre-commit run --all-files
 
 benchmark: setup
-	$(PYTHON) -m flowprior_plugin.benchmark
+	$(PYTHON) -m flowprior_plugin.tools.benchmark

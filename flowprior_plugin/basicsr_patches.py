@@ -1,32 +1,9 @@
 """Fixes to BasicSR 1.4.2's entry points, applied when the plugin is imported.
 
-BasicSR 1.4.2 is the last release and will not change, so we replace a few functions in memory
-(never on disk):
-
-- ``load_resume_state`` calls ``torch.cuda.current_device()``, so ``--auto_resume`` and
-  ``path.resume_state`` fail on a machine without CUDA. Ours maps the state to the CPU when the
-  options ask for ``num_gpu: 0`` or CUDA is absent, and to the current CUDA device otherwise.
-- BasicSR's ``check_resume`` points every ``pretrain_network_*`` path at
-  ``models/net_*_<iter>.pth``. A frozen network that a model never saves (the flow under the
-  learned prior) has no such file; ours keeps that network's original path instead of sending
-  BasicSR to a file that does not exist.
-- ``init_dist`` (``--launcher pytorch``) ignores ``dist_params``, always asks for nccl and calls
-  ``torch.cuda.set_device(rank % device_count())``, a ZeroDivisionError without CUDA. Ours takes
-  ``dist_params.backend`` (set by the ``basicsr`` command), defaults to nccl with CUDA and gloo
-  without, and sets a CUDA device only for nccl (from ``LOCAL_RANK``, so several nodes work).
-- ``BaseModel.model_to_device`` gives DDP ``device_ids=[torch.cuda.current_device()]`` even on
-  the CPU; ours gives none there.
-- On resume BasicSR starts at the saved ``epoch``; a state saved on the last iteration of an
-  epoch would replay that whole epoch. Ours starts the next one (``create_train_val_dataloader``
-  knows the iterations per epoch), so a run resumed from an epoch boundary sees the data the
-  uninterrupted run sees. Not restored (BasicSR saves neither): the random-number state (the run
-  is reseeded with ``manual_seed``), and the batches already seen of an unfinished epoch.
-- ``Registry`` refuses a second registration of a name, so re-running a module's registration
-  (``importlib.reload``, a plugin imported again under the entry point) raised. Ours accepts the
-  same definition again (same module and qualified name: the newest wins) and still refuses a
-  different object under a taken name.
-- ``BaseModel.load_network`` lets ``torch.load`` fail with an UnpicklingError whose advice
-  (``weights_only=False``) is wrong for a corrupt or non-torch file; ours names the file.
+BasicSR 1.4.2 is the last release and will not change, so a few of its functions are replaced in
+memory (never on disk): CPU-only resume and multi-process training, resume at an epoch boundary,
+re-registration of the same definition, and a one-line error for an unreadable checkpoint. Each
+replacement below says what it fixes.
 """
 
 from __future__ import annotations
@@ -55,7 +32,14 @@ def _resume_map_location(opt: dict):
 
 
 def load_resume_state(opt: dict):
-    """Drop-in replacement for ``basicsr.train.load_resume_state`` that works without CUDA."""
+    """Drop-in replacement for ``basicsr.train.load_resume_state`` that works without CUDA.
+
+    BasicSR's calls ``torch.cuda.current_device()``, so ``--auto_resume`` and ``path.resume_state``
+    fail without CUDA; this maps the state to the CPU when the options ask for ``num_gpu: 0`` or CUDA
+    is absent, and to the current CUDA device otherwise. BasicSR's ``check_resume`` also points every
+    ``pretrain_network_*`` at ``models/net_*_<iter>.pth``; a frozen network the model never saves
+    (the flow under the learned prior) has no such file and keeps its original path.
+    """
     from basicsr.utils import check_resume, scandir
 
     resume_state_path = None
@@ -89,6 +73,11 @@ _pending_resume: dict[str, dict] = {}
 
 
 def _wrap_create_train_val_dataloader(original):
+    # BasicSR resumes at the saved epoch, so a state saved on the last iteration of an epoch would
+    # replay that whole epoch; knowing the iterations per epoch, the next one starts instead, and a
+    # run resumed at an epoch boundary sees the data the uninterrupted run sees. Not restored
+    # (BasicSR saves neither): the random state (the run is reseeded with manual_seed) and the
+    # batches already seen of an unfinished epoch.
     def create_train_val_dataloader(opt, logger):
         result = original(opt, logger)
         state = _pending_resume.pop('state', None)
@@ -142,7 +131,13 @@ def use_dist_params(params: dict | None) -> None:
 
 
 def init_dist(launcher: str, backend: str | None = None, **kwargs) -> None:
-    """Drop-in replacement for ``basicsr.utils.dist_util.init_dist`` that also runs on CPUs."""
+    """Drop-in replacement for ``basicsr.utils.dist_util.init_dist`` that also runs on CPUs.
+
+    BasicSR's ignores ``dist_params``, always asks for nccl and calls
+    ``torch.cuda.set_device(rank % device_count())`` (a ZeroDivisionError without CUDA). This takes
+    ``dist_params.backend`` (set by the ``basicsr`` command; default nccl with CUDA, gloo without) and
+    sets a CUDA device only for nccl, from ``LOCAL_RANK`` so that several nodes work.
+    """
     from basicsr.utils import dist_util
 
     if launcher != 'pytorch':  # slurm: BasicSR's own (it receives dist_params from BasicSR)
@@ -159,7 +154,10 @@ def init_dist(launcher: str, backend: str | None = None, **kwargs) -> None:
 
 
 def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
-    """``BaseModel.model_to_device`` with CPU DDP (no ``device_ids``) under gloo."""
+    """``BaseModel.model_to_device`` with CPU DDP (no ``device_ids``) under gloo.
+
+    BasicSR's gives DDP ``device_ids=[torch.cuda.current_device()]`` even on the CPU.
+    """
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     net = net.to(self.device)
@@ -173,6 +171,8 @@ def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
 
 
 def _wrap_load_network(original):
+    # torch.load fails on a corrupt or non-torch file with an UnpicklingError whose advice
+    # (weights_only=False) is wrong there; the replacement names the file instead.
     def load_network(self, net, load_path, strict=True, param_key='params'):
         try:
             return original(self, net, load_path, strict, param_key)
@@ -204,6 +204,10 @@ def checkpoint_read_message(path: str, exc: BaseException | None = None) -> str:
 
 
 def _wrap_do_register(original):
+    # Registry refuses a second registration of a name, so re-running a module's registration
+    # (importlib.reload, a plugin imported again under its entry point) raised. The same definition
+    # (same module and qualified name) is accepted again, the newest wins; a different object under
+    # a taken name is still refused.
     def _do_register(self, name, obj, suffix=None):
         key = f'{name}_{suffix}' if isinstance(suffix, str) else name
         old = self._obj_map.get(key)

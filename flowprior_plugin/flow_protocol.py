@@ -1,39 +1,25 @@
 """The one interface every flow super-resolution network of this package implements.
 
-The learned-prior model (``FlowPriorModel``) and likelihood training (``FlowSRModel``) talk to a
-flow only through these methods, so adding a flow family never adds a branch to a model.
+The learned-prior model (``FlowPriorModel``) and likelihood training (``FlowLikelihoodModel``) talk to a
+flow only through these methods, so adding a flow family never adds a branch to a model. The
+contract of each member, the ``out_size`` rules and the optional hooks are stated in
+``docs/adding_a_flow.md``. In short::
 
-Latents are a list of tensors in the release's order (for SRFlow: split eps first, top z last).
-Every method that depends on the LR image accepts an optional ``cond``: the object returned by
-``condition(lq)``, which holds everything computed from the LR alone (encoder features, the
-conditioning branch of every coupling). Pass it to reuse that work across an encode and decodes
-of the same LR::
-
-    cond = flow.condition(lq)                 # RRDB + coupling conditioning, once
-    z0 = flow.initial_prior(lq, cond=cond)    # encode of the upsampled LR
+    cond = flow.condition(lq)                 # everything computed from the LR alone, once
+    z0 = flow.initial_prior(lq, cond=cond)    # the learned prior's input
     sr = flow.decode(lq, prior(lq, z0), cond=cond)
     samples = [flow.decode(lq, flow.sample_latents(lq, 0.9, cond=cond), cond=cond) for _ in range(8)]
 
-The HR the latents describe is ``lq * scale`` unless ``out_size`` says otherwise: ``(H, W)`` for a
-whole HR image of another size, or an :class:`HRWindow` for windows of larger HR images (training
-crops as LINF-LP trains: the LR covers a whole HR crop, the target is a window of it). ``decode``,
-``sample_latents`` and ``initial_prior`` read the size from ``out_size``; ``encode`` and ``nll``
-read it from ``gt`` and take ``out_size`` only for a window. Only arbitrary-scale flows
-(``arbitrary_scale``, LINF) accept another size or a window; fixed-scale flows raise a ValueError
-(a window covering the whole ``lq * scale`` image is accepted by every flow).
-
-Tiled prediction (:mod:`flowprior_plugin.tiling`, ``val.tile``, ``--tile``) is optional and needs
-four hooks besides ``supports_tiling = True``: ``latent_strides()`` (HR pixels per latent cell of
-each level, to slice whole-image latents), ``tile_alignment()`` (the HR grid tile borders sit on),
-``tile_context(lq, hr_size)`` (work done once on the whole LR, e.g. an encoder whose receptive
-field no tile margin covers) and ``tile_inputs(lq, context, box, hr_size)`` (the ``TileInputs``:
-LR, conditioning and ``out_size`` that decode the HR ``box``). ``FlowNet`` gives defaults (each
-tile conditions on its own LR crop); SRFlow cuts its RRDB features from the whole LR, LINF decodes
-``HRWindow`` tiles of the whole image. A flow without ``supports_tiling`` gets a one-line error.
+Latents are a list of tensors, one per level, in the family's documented order. Likelihood
+training calls the flow itself (``forward(lq, gt, dequantize=True)`` is ``nll``) because
+``DistributedDataParallel`` synchronises gradients only through the wrapped module's ``forward``.
+:func:`check_flow_protocol` checks the required members and every optional hook
+(:data:`OPTIONAL_HOOKS`) a flow has, and lists every problem in one TypeError.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -52,8 +38,26 @@ PROTOCOL_METHODS = (
     'initial_prior',
     'latent_channels',
     'initialize_from_batch',
+    'forward',
 )
 PROTOCOL_ATTRIBUTES = ('scale', 'lr_multiple', 'arbitrary_scale')
+# The keyword arguments the models pass to ``forward`` (likelihood training and decoding).
+FORWARD_ARGUMENTS = ('gt', 'latents', 'dequantize', 'out_size')
+
+# The methods tiled prediction calls besides the protocol's, required when ``supports_tiling``.
+TILING_HOOKS = ('latent_strides', 'tile_alignment', 'tile_context', 'tile_inputs')
+# Every optional hook, and what a flow without it gets.
+OPTIONAL_HOOKS: dict[str, str] = {
+    'supports_tiling': 'class attribute, bool. Default: False (tiled prediction is refused with a one-line error).',
+    'latent_strides': '() -> list[int]: HR pixels per latent cell of each level. Required by supports_tiling.',
+    'tile_alignment': '() -> int: the HR grid tile borders sit on. Required by supports_tiling.',
+    'tile_context': '(lq, hr_size) -> Any: work done once on the whole LR. Required by supports_tiling.',
+    'tile_inputs': '(lq, context, box, hr_size) -> TileInputs: what decodes an HR box. Required by supports_tiling.',
+    'checkpoint_format': (
+        'class attribute, a flowprior_plugin.checkpoints.CheckpointFormat (release layout, one-line '
+        'mismatch message). Default: None (a wrong checkpoint gets the lists of mismatched keys).'
+    ),
+}
 
 
 @dataclass
@@ -138,7 +142,7 @@ def output_hw(out_size: OutputSize) -> tuple[int, int] | None:
 
 
 @runtime_checkable
-class FlowSR(Protocol):
+class FlowSRProtocol(Protocol):
     """A conditional normalizing flow HR <-> latents given LR.
 
     Attributes:
@@ -210,9 +214,31 @@ class FlowSR(Protocol):
         """Data-dependent initialisation (ActNorm) from a first batch, if the flow has one and it
         has not happened yet (loaded weights count as initialised). Returns True if it ran."""
 
+    def forward(
+        self,
+        lq: Tensor,
+        gt: Tensor | None = None,
+        latents: Latents | None = None,
+        dequantize: bool = False,
+        out_size: OutputSize = None,
+    ) -> Tensor:
+        """With ``gt``: ``nll(lq, gt, dequantize=dequantize, out_size=out_size)``, what likelihood
+        training calls through the (possibly DDP-wrapped) module so that DDP synchronises its
+        gradients. Without: ``decode(lq, latents, out_size=out_size)``, of the zero latents
+        (temperature 0) when ``latents`` is None."""
+
+
+def supports_tiling(flow: object) -> bool:
+    """Whether ``flow`` declares the optional tiling hooks (``supports_tiling = True``)."""
+    return bool(getattr(flow, 'supports_tiling', False))
+
 
 def check_flow_protocol(net: object, option_name: str = 'network') -> None:
-    """Raise a clear TypeError if ``net`` does not implement :class:`FlowSR`.
+    """Raise a clear TypeError if ``net`` does not implement :class:`FlowSRProtocol`.
+
+    Checks the required methods and attributes (with their types), that ``forward`` is the
+    network's own and takes :data:`FORWARD_ARGUMENTS`, and that every optional hook it has is well
+    formed (:data:`OPTIONAL_HOOKS`). The message lists every problem at once.
 
     Args:
         net: The network to check (a DDP wrapper is not unwrapped here).
@@ -220,8 +246,64 @@ def check_flow_protocol(net: object, option_name: str = 'network') -> None:
     """
     missing = [name for name in PROTOCOL_METHODS if not callable(getattr(net, name, None))]
     missing += [name for name in PROTOCOL_ATTRIBUTES if not hasattr(net, name)]
-    if missing:
+    problems = [f'it lacks {", ".join(missing)}'] if missing else []
+    problems += _attribute_problems(net)
+    if 'forward' not in missing:
+        problems += _forward_problems(net)
+    problems += _optional_hook_problems(net)
+    if problems:
         raise TypeError(
-            f'{option_name}: {type(net).__name__} is not a flow SR network: it lacks '
-            f'{", ".join(missing)} (see flowprior_plugin.flow_protocol.FlowSR)'
+            f'{option_name}: {type(net).__name__} is not a flow SR network: {"; ".join(problems)} '
+            '(see flowprior_plugin.flow_protocol.FlowSRProtocol)'
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _attribute_problems(net: object) -> list[str]:
+    problems = []
+    for name in ('scale', 'lr_multiple'):
+        value = getattr(net, name, None)
+        if hasattr(net, name) and not (_is_int(value) and value >= 1):
+            problems.append(f'{name} must be a positive int, got {value!r}')
+    if hasattr(net, 'arbitrary_scale') and not isinstance(net.arbitrary_scale, bool):
+        problems.append(f'arbitrary_scale must be a bool, got {net.arbitrary_scale!r}')
+    return problems
+
+
+def _forward_problems(net: object) -> list[str]:
+    """``forward`` must be the flow's own (nn.Module's placeholder raises) and take the models' arguments."""
+    if getattr(type(net), 'forward', None) is torch.nn.Module.forward:
+        return ['forward is not defined (likelihood training calls forward(lq, gt, dequantize=..., out_size=...))']
+    try:
+        parameters = inspect.signature(net.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (e.g. a builtin): trust it
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    lacking = [name for name in FORWARD_ARGUMENTS if name not in names]
+    return [f'forward takes no {", ".join(lacking)} argument'] if lacking else []
+
+
+def _optional_hook_problems(net: object) -> list[str]:
+    problems = []
+    tiling = getattr(net, 'supports_tiling', False)
+    if not isinstance(tiling, bool):
+        problems.append(f'supports_tiling must be a bool, got {tiling!r}')
+    for name in TILING_HOOKS:
+        hook = getattr(net, name, None)
+        if hook is None and tiling is True:
+            problems.append(f'supports_tiling is True but {name} is missing')
+        elif hook is not None and not callable(hook):
+            problems.append(f'{name} must be a method, got {type(hook).__name__}')
+    checkpoint_format = getattr(net, 'checkpoint_format', None)
+    if checkpoint_format is not None:
+        # Imported here: this module stays free of the checkpoint machinery the networks build on.
+        from flowprior_plugin.checkpoints import CheckpointFormat
+
+        if not isinstance(checkpoint_format, CheckpointFormat):
+            problems.append(f'checkpoint_format must be a CheckpointFormat, got {type(checkpoint_format).__name__}')
+    return problems

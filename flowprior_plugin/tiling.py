@@ -1,19 +1,9 @@
 """Tiled prediction: super-resolve any image size at flat memory, through the flow protocol only.
 
-The HR image is cut into tiles (``size`` LR pixels, on the flow's alignment grid); each tile is
-computed with a margin of ``overlap`` LR pixels on every side and only its core is kept. Per tile
-the flow decodes the latents of that area; what the flow needs for the tile (an LR crop and its
-conditioning, or a window of the whole image) comes from the flow's optional tiling hooks
-(:meth:`~flowprior_plugin.archs.flow_net_base.FlowNet.tile_context` and
-:meth:`~flowprior_plugin.archs.flow_net_base.FlowNet.tile_inputs`), so the tiler never names a
-flow family. Gaussian latents are drawn once for the whole image and sliced per tile, so a tiled
-sample and the whole-image sample decode the same latents.
-
-A *method* says which latents to decode for a tile: a callable ``method(tile) -> (mean, tau)``
-returning the mean latents of the tile (None: zeros) and the temperature of the Gaussian noise
-added around them (temperature sampling: ``(None, tau)``; the learned prior: ``(z_hat, 0)``;
-samples around the prior: ``(z_hat, tau)``). The mean is computed once per tile, whatever the
-number of samples.
+Tiles of ``size`` LR pixels on the flow's alignment grid are computed with a margin of ``overlap``
+LR pixels and only their cores kept; what a tile needs comes from the flow's tiling hooks, so the
+tiler never names a flow family. Gaussian latents are drawn once for the whole image and sliced
+per tile. Measured seams and memory: ``docs/tiling.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowprior_plugin.flow_protocol import FlowCondition, Latents, OutputSize, output_hw
+from flowprior_plugin.flow_protocol import FlowCondition, Latents, OutputSize, output_hw, supports_tiling
 
 # LR pixels of margin around each tile when ``val.tile`` gives none (see docs/tiling.md for the
 # measured seam error against the overlap).
@@ -88,13 +78,16 @@ class TileInputs:
     box: tuple[int, int, int, int]
 
 
-# A method: the tile's mean latents (None: zeros) and the temperature of the noise around them.
+# A method says which latents to decode for a tile: method(tile) -> (mean, tau), the tile's mean
+# latents (None: zeros) and the temperature of the Gaussian noise added around them. Temperature
+# sampling is (None, tau), the learned prior (z_hat, 0), samples around the prior (z_hat, tau). The
+# mean is computed once per tile, whatever the number of samples.
 Method = Callable[[TileInputs], tuple[Latents | None, float]]
 
 
 def check_tileable(flow: Any) -> None:
     """Raise a one-line ValueError if ``flow`` does not declare tiling support."""
-    if not getattr(flow, 'supports_tiling', False):
+    if not supports_tiling(flow):
         raise ValueError(
             f'{type(flow).__name__} does not support tiled prediction (it sets no supports_tiling and '
             'tiling hooks, see flowprior_plugin.flow_protocol); remove val.tile / --tile'
@@ -103,11 +96,21 @@ def check_tileable(flow: Any) -> None:
 
 def _spans(length: int, core: int, margin: int, align: int) -> list[tuple[int, int, int, int]]:
     """(start, stop, core_start, core_stop) along one axis: cores of ``core`` pixels on the
-    ``align`` grid covering ``[0, length)``, each with ``margin`` pixels either side (clipped)."""
+    ``align`` grid covering ``[0, length)``, each computed in a box of ``core + 2 * margin`` pixels.
+
+    A box that would cross the image's border is shifted inside it (more context on the inner
+    side instead of less box), so every box has the same size and a tile's memory does not depend
+    on where it sits; an axis no longer than one box is a single span (no tiling along it).
+    """
+    full = core + 2 * margin
+    if length <= full:
+        return [(0, length, 0, length)]
     spans = []
     for c0 in range(0, length, core):
         c1 = min(c0 + core, length)
-        spans.append((max(0, c0 - margin), min(length, c1 + margin), c0, c1))
+        start = min(max(0, c0 - margin), (length - full) // align * align)
+        stop = max(min(length, c1 + margin), min(length, start + full))
+        spans.append((start, stop, c0, c1))
     return spans
 
 
@@ -204,7 +207,7 @@ def predict_tiled(
     Args:
         flow: A flow implementing the protocol and the tiling hooks (``supports_tiling``).
         lq: LR batch (B, C, h, w), as ``predict_whole`` would take it (already padded).
-        methods: Name -> method (see the module docstring).
+        methods: Name -> method (see :data:`Method`).
         generator: Random generator of the Gaussian latents (drawn for the whole image).
         options: Tile size and overlap (LR pixels).
         out_size: The whole HR's size (None: ``lq * scale``); an ``HRWindow`` is refused.

@@ -61,45 +61,59 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here so that --help works without BasicSR's import cost.
     from flowprior_plugin.archs.latent_prior_arch import (
+        LINF_LP_RELEASE,
         LINF_LP_RELEASE_OPTIONS,
-        convert_linf_lp_state_dict,
+        LatentPriorNet,
         describe_state_dict,
-        is_linf_lp_release,
     )
     from flowprior_plugin.archs.linf_arch import (
-        convert_linf_checkpoint,
+        LINF_RELEASE,
+        LINFNet,
         describe_linf_architecture,
         read_linf_architecture,
     )
+    from flowprior_plugin.checkpoints import describe_checkpoint_mismatch
     from flowprior_plugin.errors import FlowPriorError
 
     released = _load(args.released, args.trust_file)
     if released is None:
         return 1
     try:
-        if is_linf_lp_release(released):
-            converted = convert_linf_lp_state_dict(released)
+        if LINF_LP_RELEASE.recognise(released):
+            converted = LINF_LP_RELEASE.filter_fn(released)
             lines = [f'wrote {args.output}: LINF-LP latent module, {describe_state_dict(converted)}']
             lines += ['network_g options that load it:', '  type: LatentPriorNet']
             for key, value in LINF_LP_RELEASE_OPTIONS.items():
                 note = '  # filled in from the flow by the learned-prior model' if key == 'latent_channels' else ''
                 lines.append(f'  {key}: {_yaml(value)}{note}')
+            options = dict(LINF_LP_RELEASE_OPTIONS, latent_channels=[27])
+            net_type = LatentPriorNet
         else:
-            converted = convert_linf_checkpoint(released)
+            converted = LINF_RELEASE.filter_fn(released)  # also takes a bare LINF state dict
             arch = read_linf_architecture(converted)
             lines = [f'wrote {args.output}: LINF {describe_linf_architecture(arch)}']
             lines += ['network_g options that load it:', '  type: LINFNet']
+            options = {'encoder': arch['encoder'], 'patch_size': arch['patch_size']}
             lines += [f'  encoder: {arch["encoder"]}', f'  patch_size: {arch["patch_size"]}']
-            for key, default in (('hidden_dim', 256), ('flow_layers', 10), ('mlp_layers', 3)):
+            for key, default in (('hidden_dim', 256), ('flow_layers', 10), ('mlp_layers', 3), ('in_nc', 3)):
+                options[key] = arch[key]
                 if arch[key] != default:
                     lines.append(f'  {key}: {arch[key]}')
             blocks = 'num_blocks' if arch['encoder'] == 'edsr_baseline' else 'nb'
+            options['encoder_opt'] = {'nf': arch['nf'], blocks: arch['encoder_blocks']}
             released_blocks = 16 if arch['encoder'] == 'edsr_baseline' else 23
             if (arch['nf'], arch['encoder_blocks']) != (64, released_blocks):
                 lines.append(f'  encoder_opt: {{nf: {arch["nf"]}, {blocks}: {arch["encoder_blocks"]}}}')
+            net_type = LINFNet
+        # The check every loader runs, on the options printed (no memory: meta tensors).
+        with torch.device('meta'):
+            mismatch = describe_checkpoint_mismatch(net_type(**options), converted)
     except FlowPriorError as err:
         print(f'error: {args.released}: {err}', file=sys.stderr)
         return 1
+    if mismatch:
+        # The LINF-LP options printed are the release's: a file of other sizes needs its own.
+        print(f'note: {args.released}: with the options below, {mismatch}', file=sys.stderr)
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save({'params': converted}, args.output)

@@ -31,10 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imported here so that --help works without BasicSR's import cost.
-    from flowprior_plugin.archs.latent_prior_arch import (
-        convert_srflow_lp_state_dict,
-        describe_state_dict,
-    )
+    from flowprior_plugin.archs.latent_prior_arch import SRFLOW_LP_RELEASE, LatentPriorNet, describe_state_dict
+    from flowprior_plugin.checkpoints import describe_checkpoint_mismatch
     from flowprior_plugin.errors import FlowPriorError
 
     try:
@@ -53,17 +51,28 @@ def main(argv: list[str] | None = None) -> int:
         released = torch.load(args.released, map_location='cpu', weights_only=False)
 
     try:
-        converted = convert_srflow_lp_state_dict(released)
+        converted = SRFLOW_LP_RELEASE.filter_fn(released)  # says so when it is no SRFlow-LP file
+        channels = [int(converted[k].shape[0]) for k in converted if k.endswith('.head.weight')]
+        depth = len({k.split('.')[3] for k in converted if k.startswith('levels.0.generator.downs.')})
+        width = int(converted['levels.0.generator.stem.0.weight'].shape[0])
+        features = int(converted['levels.0.prior_encoder.conv5.weight'].shape[0])
+        options = dict(
+            latent_channels=channels,
+            generator={'type': 'UNet', 'depth': depth, 'width': width},
+            prior_features=features,
+            lr_encoder=False,
+        )
+        # The check every loader runs, on the options printed below (no memory: meta tensors).
+        with torch.device('meta'):
+            mismatch = describe_checkpoint_mismatch(LatentPriorNet(**options), converted)
+        if mismatch:
+            raise FlowPriorError(f'the options this script would print do not load it: {mismatch}')
     except FlowPriorError as err:
         print(f'error: {args.released}: {err}', file=sys.stderr)
         return 1
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save({'params': converted}, args.output)
-    channels = [int(converted[k].shape[0]) for k in converted if k.endswith('.head.weight')]
-    depth = len({k.split('.')[3] for k in converted if k.startswith('levels.0.generator.downs.')})
-    width = int(converted['levels.0.generator.stem.0.weight'].shape[0])
-    features = int(converted['levels.0.prior_encoder.conv5.weight'].shape[0])
     print(f'wrote {args.output}: {describe_state_dict(converted)}')
     print('network_g options that load it:')
     print('  type: LatentPriorNet')

@@ -6,7 +6,7 @@ SRFlow: builds FlowPriorModel from ``options/srflow_prior.yml`` with ``num_gpu: 
 SRFlow 4X flow with random weights unless the checkpoint is in experiments/pretrained_models/),
 trains the prior for a few iterations on random 160x160 crops, proves every flow tensor is
 bit-identical afterwards, runs a validation pass (prior and temperatures), and prints timings and
-peak CUDA memory. It also runs one likelihood step of FlowSRModel on the official 4X flow.
+peak CUDA memory. It also runs one likelihood step of FlowLikelihoodModel on the official 4X flow.
 
 LINF: the same for ``options/linf_prior.yml`` (the released LINF-LP sizes) on random-scale 96x96
 windows from ArbitraryScaleSRDataset, a full-image validation at x3 and x8 with the seam metric,
@@ -75,8 +75,8 @@ def srflow_checks(args: argparse.Namespace, num_gpu: int) -> None:
     from basicsr.data import build_dataloader, build_dataset
     from conftest import finalize_options, write_paired_images
 
+    from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
     from flowprior_plugin.models.flow_prior_model import FlowPriorModel
-    from flowprior_plugin.models.flow_sr_model import FlowSRModel
 
     opt = yaml.safe_load((REPO / 'options' / 'srflow_prior.yml').read_text())
     opt['num_gpu'] = num_gpu
@@ -130,7 +130,7 @@ def srflow_checks(args: argparse.Namespace, num_gpu: int) -> None:
         args.out,
         is_train=True,
     )
-    flow_model = FlowSRModel(flow_opt)
+    flow_model = FlowLikelihoodModel(flow_opt)
     flow_model.feed_data({'gt': gt, 'lq': torch.nn.functional.avg_pool2d(gt, 4)})
     flow_model.optimize_parameters(1)
     print('likelihood step on the official 4X flow:', flow_model.get_current_log())
@@ -141,8 +141,8 @@ def linf_checks(args: argparse.Namespace, num_gpu: int) -> None:
     from basicsr.data import build_dataloader, build_dataset
     from conftest import finalize_options, write_paired_images
 
+    from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
     from flowprior_plugin.models.flow_prior_model import FlowPriorModel
-    from flowprior_plugin.models.flow_sr_model import FlowSRModel
 
     # HR images large enough for x4 crops of a 96x96 LR (384 px) and for the x8 validation.
     data = write_paired_images(args.out / 'linf_hr', count=4, hr_size=(400, 400), scale=4)
@@ -190,7 +190,7 @@ def linf_checks(args: argparse.Namespace, num_gpu: int) -> None:
     stage1 = yaml.safe_load((REPO / 'options' / 'linf_patch_edsr_baseline.yml').read_text())
     stage1['num_gpu'] = num_gpu
     stage1 = finalize_options(stage1, args.out, is_train=True)
-    flow_model = FlowSRModel(stage1)
+    flow_model = FlowLikelihoodModel(stage1)
     flow_model.feed_data(batch)
     flow_model.optimize_parameters(1)
     print('LINF likelihood step on 96x96 windows:', flow_model.get_current_log())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the project's virtual environment (default .venv) with everything the demo and the tests
-# need, as ../shared/reference/ENVIRONMENT.md records it working on these machines:
+# need, in this order:
 #   1. torch + torchvision first (TORCH_SPEC overrides the pinned pair);
 #   2. basicsr 1.4.2 without build isolation: its setup.py imports torch, and with isolation pip
 #      would download a second torch into a throw-away build environment;

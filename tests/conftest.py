@@ -143,6 +143,42 @@ RANDOM_VGG = {
     'criterion': 'l1',
     'random_weights_for_tests': True,
 }
+# Validation metrics of the model tests: cheap ones, lr_psnr also without a GT.
+VAL_METRICS = {
+    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+    'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
+}
+# Every kind of column a validation table holds: SSIM too, and LPIPS, which is skipped offline.
+ALL_METRICS = {
+    'psnr': VAL_METRICS['psnr'],
+    'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
+    'lr_psnr': VAL_METRICS['lr_psnr'],
+    'lpips': {'type': 'calculate_lpips', 'net': 'alex', 'better': 'lower', 'allow_download': False},
+}
+
+
+def train_options(
+    total_iter: int = 10, lr: float = 1e-3, milestones: tuple[int, ...] = (1000,), gamma: float = 0.5, **extra
+) -> dict:
+    """A model's ``train`` section: Adam and a step schedule, no EMA; ``extra`` adds the losses (or
+    replaces an entry, e.g. ``ema_decay``)."""
+    return {
+        'ema_decay': 0,
+        'optim_g': {'type': 'Adam', 'lr': lr, 'betas': [0.9, 0.99]},
+        'scheduler': {'type': 'MultiStepLR', 'milestones': list(milestones), 'gamma': gamma},
+        'total_iter': total_iter,
+        **extra,
+    }
+
+
+def smooth_batch(seed: int = 0, n: int = 2, lr: tuple[int, int] = (6, 6), hr: tuple[int, int] = (24, 24)) -> dict:
+    """A training batch of ``n`` smooth random HR images (bicubic from a coarse grid) of size ``hr``
+    and their area-downscaled LR of size ``lr``, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, hr[0] // 4 + 1, hr[1] // 4 + 1, generator=g)
+    gt = torch.nn.functional.interpolate(coarse, size=hr, mode='bicubic').clamp(0, 1)
+    lq = torch.nn.functional.interpolate(gt, size=lr, mode='area')
+    return {'lq': lq, 'gt': gt}
 
 
 def write_paired_images(root: Path, count: int, hr_size: tuple[int, int], scale: int, seed: int = 0) -> Path:

@@ -15,12 +15,12 @@ import time
 import yaml
 from conftest import REPO_ROOT
 
-from flowprior_plugin.demo import training_losses
-from flowprior_plugin.demo_report import (
+from flowprior_plugin.tools.demo import training_losses
+from flowprior_plugin.tools.report_numbers import heldout_summary
+from flowprior_plugin.tools.report_text import (
     check_targets,
     exploding_verdict,
     grid_verdict,
-    heldout_summary,
     objective_choice_section,
     temperature_verdict,
 )
@@ -121,7 +121,7 @@ def test_fixed_temperature_verdict_reads_the_best_temperature_per_photo():
 
 
 def _write_run(folder, dataset: str, scale: str, group: str, per_image: dict[str, dict[str, list[float]]]) -> None:
-    """A test run as flow_base writes it: metrics_<dataset>.csv and the run table summary.json."""
+    """A test run as BaseFlowModel writes it: metrics_<dataset>.csv and the run table summary.json."""
     folder.mkdir(parents=True, exist_ok=True)
     metrics = ['psnr', 'ssim', 'lr_psnr', 'lpips']
     with open(folder / f'metrics_{dataset}.csv', 'w', newline='') as handle:
@@ -250,7 +250,7 @@ def test_quick_demo_writes_summary_report_plots_and_grids(tmp_path):
         [
             sys.executable,
             '-m',
-            'flowprior_plugin.demo',
+            'flowprior_plugin.tools.demo',
             '--quick',
             '--options-dir',
             str(REPO_ROOT / 'options' / 'demo'),

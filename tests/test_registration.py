@@ -12,7 +12,7 @@ from flowprior_plugin import torchvision_compat
 
 OURS = {
     'arch': ['SRFlowNet', 'HCFlowNet', 'LINFNet', 'LatentPriorNet'],
-    'model': ['FlowSRModel', 'FlowPriorModel'],
+    'model': ['FlowLikelihoodModel', 'FlowSRModel', 'FlowPriorModel'],
     'loss': ['LatentL1Loss', 'VGGPerceptualLoss'],
     'metric': [
         'calculate_lpips',
@@ -125,3 +125,10 @@ def test_stand_in_only_when_module_missing(monkeypatch):
     if not hasattr(torchvision.transforms, 'functional_tensor'):
         stand_in = sys.modules[torchvision_compat.LEGACY_MODULE]
         assert stand_in.rgb_to_grayscale is torchvision.transforms.functional.rgb_to_grayscale
+
+
+def test_old_model_name_still_builds_the_likelihood_model():
+    # Option files from before the rename say model_type: FlowSRModel.
+    from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
+
+    assert MODEL_REGISTRY.get('FlowSRModel') is FlowLikelihoodModel

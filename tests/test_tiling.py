@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import torch
 from conftest import TINY_HCFLOW, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, finalize_options, tiny_module
 
-from flowprior_plugin import benchmark
 from flowprior_plugin.archs.hcflow_arch import HCFlowNet
 from flowprior_plugin.archs.linf_arch import LINFNet
 from flowprior_plugin.archs.srflow_arch import SRFlowNet
 from flowprior_plugin.layers.random_init import randomize_parameters_
-from flowprior_plugin.models.flow_base import sample_diversity
+from flowprior_plugin.models.base_flow_model import sample_diversity
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 from flowprior_plugin.tiling import (
     TileOptions,
+    _spans,
     predict_tiled,
     predict_whole,
     slice_latents,
@@ -50,13 +49,14 @@ def _both(flow, lq, options, out_size=None, methods=TEMPERATURE_METHODS, samples
 
 @pytest.mark.parametrize(
     ('family', 'out_size'),
-    [('SRFlow', None), ('HCFlow', None), ('LINF', None), ('LINF', (55, 47))],  # LINF at x4 and about x2.3
+    [('SRFlow', None), ('HCFlow', None), ('LINF', None), ('LINF', (91, 83))],  # LINF at x4 and about x2.3
 )
 def test_tiled_equals_whole_for_every_flow(family, out_size):
     flow = _flow(family)
-    lq = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    # Larger than one 8 + 2 * 8 box along both axes, so there are tiles (5 x 5 here).
+    lq = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(1))
     whole, tiled = _both(flow, lq, TileOptions(8, 8), out_size)
-    expected = out_size or (96, 80)
+    expected = out_size or (160, 144)
     assert all(img.shape[-2:] == expected for draws in tiled.values() for img in draws)
     assert _max_diff(whole, tiled) <= TOLERANCE
     # The same latents: the tau 0.8 sample differs from tau 0 as much tiled as whole.
@@ -67,7 +67,7 @@ def test_tiled_equals_whole_for_every_flow(family, out_size):
 def test_margin_is_what_removes_the_seams(family):
     # Without a margin the tile borders show (the check above is not vacuous); a margin shrinks them.
     flow = _flow(family)
-    lq = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    lq = torch.rand(1, 3, 40, 36, generator=torch.Generator().manual_seed(1))
     errors = [_max_diff(*_both(flow, lq, TileOptions(8, overlap))) for overlap in (0, 2, 8)]
     assert errors[0] > 1e-3
     assert errors[0] > errors[1] > errors[2]
@@ -80,6 +80,25 @@ def test_linf_window_tiles_are_exact_and_on_the_patch_grid():
     assert _max_diff(whole, tiled) <= 1e-5
     grid = tile_grid((40, 31), 40 / 13, TileOptions(4, 2), flow.tile_alignment())
     assert all(v % 3 == 0 or v in (40, 31) for box, core in grid for v in (*box, *core))
+
+
+@pytest.mark.parametrize(
+    ('length', 'core', 'margin', 'align'), [(100, 16, 8, 4), (97, 24, 6, 2), (33, 8, 4, 1), (32, 8, 12, 4)]
+)
+def test_tile_boxes_have_one_size_and_cover_the_image(length, core, margin, align):
+    spans = _spans(length, core, margin, align)
+    full = core + 2 * margin
+    if length <= full:
+        assert spans == [(0, length, 0, length)]
+        return
+    # Cores partition the axis; every box holds its core with at least the margin on inner sides.
+    assert [c0 for _, _, c0, _ in spans] == list(range(0, length, core))
+    assert spans[-1][3] == length
+    for start, stop, c0, c1 in spans:
+        assert start % align == 0 and (stop % align == 0 or stop == length)
+        assert start <= max(0, c0 - margin) and stop >= min(length, c1 + margin)
+        # One box size (the last may be up to align - 1 longer, to reach an unaligned border).
+        assert full <= stop - start < full + align
 
 
 def test_srflow_tiles_cut_the_whole_images_rrdb_features():
@@ -173,41 +192,3 @@ def test_prior_samples_share_one_mean_and_report_diversity(tmp_path):
     assert len(calls) == 2  # once per method, not per sample
     assert sample_diversity(out['prior+0.3']) > 0.1
     assert sample_diversity(out['prior+0.3'][:1] * 2) == 0
-
-
-# ---------------------------------------------------------------- benchmark --memory (tiny sizes)
-
-
-def test_memory_benchmark_ends_with_the_memory_line(capsys):
-    code = benchmark.main(['--memory', '--tiny', '--threads', '1', '--sizes', '8', '16', '32', '--tile', '8'])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0
-    pattern = (
-        r'memory: tiled_peak_32/tiled_peak_8=(\d+\.\d\d) whole_peak_16/whole_peak_8=\d+\.\d\d '
-        r'tiled_time_per_pixel_32/whole_time_per_pixel_16=\d+\.\d\d seam_max_abs=(\d\.\d{4})'
-    )
-    match = re.fullmatch(pattern, lines[-1])
-    assert match, lines[-1]
-    assert float(match[2]) <= 1 / 255  # tiled equals whole within the seam target at the default overlap
-    rows = [line.split() for line in lines if re.match(r'\s*\d+\s+(whole|tiled)\s', line)]
-    assert [(int(r[0]), r[1]) for r in rows] == [(s, m) for s in (8, 16, 32) for m in ('whole', 'tiled')]
-
-
-def test_memory_benchmark_skips_whole_images_the_machine_cannot_hold(capsys, monkeypatch):
-    # A machine whose usable share is below the first whole case's peak: every larger whole image
-    # (predicted from that case) is skipped, with a line saying so.
-    real = benchmark.run_in_fresh_process
-    machine = {}
-
-    def run(*args, target):
-        result = real(*args, target=target)
-        machine.setdefault('kib', int(result['peak_kib'] * 0.9 / benchmark.MEMORY_SHARE))
-        return result
-
-    monkeypatch.setattr(benchmark, 'run_in_fresh_process', run)
-    monkeypatch.setattr(benchmark, '_machine_kib', lambda: machine.get('kib', 2**40))
-    code = benchmark.main(['--memory', '--tiny', '--threads', '1', '--sizes', '8', '24', '32', '--tile', '8'])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 1
-    assert sum('whole  skipped: a whole image would need about' in line for line in lines) == 2, lines
-    assert lines[-1] == 'memory: not measured (whole 24 skipped)'

@@ -30,7 +30,7 @@ ATOL = 1e-5
 PROBE = """
 import hashlib, json, os
 import torch
-from flowprior_plugin.models.flow_base import FlowBaseModel
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
 _saved = []
 _torch_save = torch.save
@@ -42,7 +42,7 @@ def _recording_save(obj, path, *args, **kwargs):
 
 
 torch.save = _recording_save
-_model_save = FlowBaseModel.save
+_model_save = BaseFlowModel.save
 
 
 def save(self, epoch, current_iter):
@@ -56,7 +56,7 @@ def save(self, epoch, current_iter):
         handle.write(json.dumps(record) + '\\n')
 
 
-FlowBaseModel.save = save
+BaseFlowModel.save = save
 """
 
 
@@ -137,7 +137,7 @@ CASES = {
     # runs see the same numbers. The learned prior trains on a frozen flow loaded from a file, with
     # a generator without BatchNorm: BatchNorm normalises each rank's own batch (BasicSR uses no
     # SyncBatchNorm), so a UNet generator would not match one process by construction.
-    'FlowSRModel': {'network_g': dict(TINY_LINF)},
+    'FlowLikelihoodModel': {'network_g': dict(TINY_LINF)},
     'FlowPriorModel': {
         'network_flow': dict(TINY_SRFLOW),
         'network_g': {**TINY_PRIOR, 'generator': {'type': 'EDSRBaseline', 'num_blocks': 1, 'width': 8}},

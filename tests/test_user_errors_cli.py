@@ -30,7 +30,7 @@ def base_options(data: Path) -> dict:
     )
     return {
         'name': 'mistake',
-        'model_type': 'FlowSRModel',
+        'model_type': 'FlowLikelihoodModel',
         'scale': 4,
         'num_gpu': 0,
         'manual_seed': 0,
@@ -171,10 +171,10 @@ def test_failed_run_restores_an_existing_experiment_folder(tmp_path, data):
 
 
 def test_nonfinite_input_pixels_warn_once_per_image(tmp_path):
-    from flowprior_plugin.models.flow_sr_model import FlowSRModel
+    from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
 
     opt = finalize_options({'name': 'nan', 'scale': 4, 'network_g': dict(TINY_SRFLOW), 'path': {}}, tmp_path, False)
-    model = FlowSRModel(opt)
+    model = FlowLikelihoodModel(opt)
     lq = torch.rand(2, 3, 4, 4)
     lq[1, 0, 0, 0] = float('nan')
     lq[1, 2, 1, 1] = float('inf')

@@ -1,64 +1,9 @@
 """HCFlow (Liang et al., ICCV 2021): a hierarchical conditional flow HR <-> (LR, latents).
 
-Written from the team's reference notes (``HCFLOW.md``), the key lists of the released checkpoints
-(a file format: names, shapes and order match, so the released HCFlow, HCFlow+ and HCFlow++
-checkpoints, which share those keys, load with ``strict=True``) and the golden vectors of the
-release. Release code was read only for two facts of the likelihood that the notes and golden
-vectors leave open (the quantiser's gradient is the identity, through its clamp too; the
-dequantisation term counts H*W pixels); none was copied.
-
-The flow maps the HR image x to an LR-sized image y and one latent a_l per level::
-
-    x -> squeeze -> (K - n_additional_steps) flow steps -> split: keep C/2, a_0 = rest
-      -> squeeze -> flow steps -> split: keep C/2, a_1 = rest  ... (L = log2(scale) levels)
-      -> at the last level keep 3 channels: y; a_{L-1} = rest
-
-Each a_l then goes through ``n_additional_steps`` conditional flow steps and is standardised by a
-Gaussian whose mean and log-std come from the level's condition features (``levelN_condFlow``):
-``eps_l = (h_l - mean_l) / exp(logstd_l)``. The coarsest level is conditioned on the LR, each finer
-level on its kept channels and the (nearest-upsampled) features of every coarser level. Decoding
-starts from the real LR in place of y.
-
-Which LR conditions the levels: the latents and the likelihood differ (documented here only).
-
-- Latents: :meth:`HCFlowNet.condition`, :meth:`~HCFlowNet.encode`, :meth:`~HCFlowNet.decode` and
-  everything the learned prior uses condition the coarsest level on the LR they are given
-  (``lq``). The prior decodes from the real LR, and encoding with the same ``lq`` makes encode
-  and decode exact inverses of each other's conditional part. The release's encode from the HR
-  alone conditions on the flow's own LR y: :meth:`HCFlowNet.encode_hr` (the golden file cannot
-  tell the two apart for encode: its ``lr`` *is* its ``encoded_lr``).
-- Likelihood: :meth:`HCFlowNet.nll` is the release's training objective, which conditions every
-  level on y and scores ``lq`` only in its LR term, against ``q(y)`` (y quantised to 8 bits).
-  Training makes y match the LR (the LR term's std is e^-6), which is what lets the latents
-  condition on the real LR instead.
-
-Facts that HCFLOW.md does not state, inferred from the key lists and settled by the golden vectors
-(both configurations reproduce the release to about 1e-15 relative in float64; each alternative
-named below was run and misses by 1e-4 or more):
-
-- The condition network is ``fea = conv_first(u)``, ``t0 = RRDB_trunk0(fea)``,
-  ``t1 = RRDB_trunk1(t0)`` (the trunks are chained), features ``cat(t0, trunk_conv1(t1) + fea)``;
-  no activation after ``conv_first``; the RRDBs are ESRGAN's (as SRFlow's).
-- The coarser features in a finer level's condition are in order of coarseness:
-  ``cat(kept_l, up2(F_{l+1}), up4(F_{l+2}), ...)``, nearest-neighbour upsampling.
-- The cross split of ``f`` (mean = even channels, log-std = odd channels) and of the couplings.
-- The coupling's log-scale factor is 0.318 as written (not 1/pi).
-- The CelebA 8X config has 5 RRDB blocks per trunk (DF2K 4X: 7), read from its key list.
-- No transform of the HR before the flow (no centring), and the main flow's steps have no
-  condition (their first conv reads C/2 channels only).
-
-The likelihood follows HCFLOW.md and reproduces the release's golden NLL (``nll_lr``, no
-dequantisation) to about 1e-15 relative in float64 at 4X and 8X. Each alternative misses it:
-an LR log-std of -3 (read as exp(-6) variance) by 26 % (4X) / 4.7 % (8X); scoring y instead of
-q(y) by a factor 436 / 8.9; conditioning the levels on ``lq`` by 6e-4 / 1.3e-5 relative. Bits
-per pixel divide by ``ln 2 * H * W`` of the HR (channels not counted), and the dequantisation
-term is ``-log(quant) * H * W`` (the same pixel count, as in the release; no golden value
-covers it).
-
-Facts this implementation chose where neither the notes nor the golden vectors decide:
-
-- LR sides need no multiple (``lr_multiple = 1``): the HR, ``scale`` times the LR, is squeezed
-  log2(scale) times, and the condition features are upsampled by exact powers of 2.
+Keys, shapes and order are those of the released checkpoints: the HCFlow, HCFlow+ and HCFlow++
+files (one layout) and the CelebA 8X file load with ``strict=True``. The latents are each level's
+standardised variable, finest level first; ``encode``/``decode`` condition on the given LR,
+``encode_hr`` and ``nll`` on the flow's own LR as the release does. Details: ``docs/hcflow.md``.
 """
 
 from __future__ import annotations
@@ -72,8 +17,9 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import (
-    ActNormFlowNet,
+from flowprior_plugin.archs.base_flow_net import ActNormFlowNet
+from flowprior_plugin.checkpoints import (
+    CheckpointFormat,
     describe_scaled_architecture,
     key_indices,
     official_config_name,
@@ -87,10 +33,10 @@ from flowprior_plugin.layers.flow_layers import (
     Conv2dActNorm,
     Conv2dZeros,
     InvertibleConv1x1,
+    SqueezeLayer,
     actnorm_init_disabled,
     cross_split,
     gaussian_log_prob,
-    squeeze2d,
     unsqueeze2d,
 )
 from flowprior_plugin.layers.rrdb import RRDB
@@ -237,13 +183,6 @@ class HCFlowStep(nn.Module):
         z = self.affine.decode(z, u_term, u)
         z = self.permute.reverse(z)
         return self.actnorm.reverse(z)
-
-
-class SqueezeLayer(nn.Module):
-    """Space-to-depth by 2, SRFlow's channel order (no parameters; it occupies a layer index)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return squeeze2d(x, 2)
 
 
 class SplitLayer(nn.Module):
@@ -500,8 +439,25 @@ def _official_name(arch: Mapping[str, int | None]) -> str | None:
     return official_config_name(arch, official, ('scale', *_CORE_FIELDS, *_EXTRA_FIELDS))
 
 
-def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
-    return describe_scaled_architecture(arch, (*_CORE_FIELDS, *extra), _official_name(arch))
+def describe_hcflow_architecture(arch: Mapping[str, int | None], differ: Sequence[str] = ()) -> str:
+    """ "HCFlow 4X, nb=7, K=26 (the official DF2K 4X config)": scale, nb, K, the other fields
+    where they are in ``differ``, and the released config it matches."""
+    extra = [k for k in _EXTRA_FIELDS if k in differ]
+    return 'HCFlow ' + describe_scaled_architecture(arch, (*_CORE_FIELDS, *extra), _official_name(arch))
+
+
+def _srflow_checkpoint_hint(state_dict: Mapping[str, Tensor]) -> str:
+    if any(k.startswith(('flowUpsamplerNet.', 'RRDB.')) for k in state_dict):
+        return ' (it looks like an SRFlow checkpoint: use SRFlowNet)'
+    return ''
+
+
+HCFLOW_CHECKPOINT_FORMAT = CheckpointFormat(
+    family='HCFlow',
+    read_architecture=read_hcflow_architecture,
+    describe=describe_hcflow_architecture,
+    foreign_hint=_srflow_checkpoint_hint,
+)
 
 
 # ---------------------------------------------------------------------- the network
@@ -509,11 +465,11 @@ def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
 
 @ARCH_REGISTRY.register()
 class HCFlowNet(ActNormFlowNet):
-    """HCFlow: hierarchical conditional flow for super-resolution, implementing the FlowSR protocol.
+    """HCFlow: hierarchical conditional flow for super-resolution, implementing the FlowSRProtocol protocol.
 
     Latents are the standardised ``eps_l`` of every level, finest first: at 4X and an LR of h x w,
     ``[eps_0 (B, 6, 2h, 2w), eps_1 (B, 21, h, w)]``; at 8X ``[(B, 6, 4h, 4w), (B, 12, 2h, 2w),
-    (B, 45, h, w)]``. See the module docstring for what is inferred and what was chosen.
+    (B, 45, h, w)]``. See ``docs/hcflow.md`` for what is inferred and what was chosen.
 
     Args:
         in_nc (int): Image channels of the HR and the LR (the flow keeps that many at the end).
@@ -533,6 +489,7 @@ class HCFlowNet(ActNormFlowNet):
     """
 
     family = 'HCFlow'
+    checkpoint_format = HCFLOW_CHECKPOINT_FORMAT
     condition_type = HCFlowCondition
     # The release's dequantisation noise is not centred: U(0, 1) / quant.
     dequantization_offset = 0.0
@@ -800,8 +757,8 @@ class HCFlowNet(ActNormFlowNet):
           ``-log(quant) * H * W`` when ``dequantize``;
         - y is the flow's own LR (the channels the last level keeps);
         - logdet_l and h_l are the log-determinant and output of level l's conditional steps, and
-          mean_l, logstd_l its Gaussian; every level is conditioned on y, not on ``lq`` (see the
-          module docstring);
+          mean_l, logstd_l its Gaussian; every level is conditioned on y, not on ``lq`` (see
+          ``docs/hcflow.md``);
         - ``q(y) = round(clamp(y, 0, 1) * 255) / 255`` with a straight-through (identity) gradient,
           :func:`quantize_straight_through`; lr_noise_logstd is -6 in the release;
         - H*W is the HR pixel count (channels not counted).
@@ -847,18 +804,3 @@ class HCFlowNet(ActNormFlowNet):
         self._check_latents(lq, latents)
         with actnorm_init_disabled():
             return self._run_decode(lq, list(latents), self._coarsest_condition(lq, plain=True), None)
-
-    # ------------------------------------------------------------------ checkpoints
-    def _read_architecture(self, state_dict: Mapping[str, Tensor]) -> dict[str, int | None]:
-        """Scale (number of ``levelN_condFlow``), nb, K, the steps after the split and the channel
-        counts, read from the keys and shapes (see :func:`read_hcflow_architecture`)."""
-        return read_hcflow_architecture(state_dict)
-
-    def _describe_architecture(self, arch: Mapping[str, int | None], differ: Sequence[str]) -> str:
-        """Scale, nb, K, the other fields where they differ, and the official config it matches."""
-        return _describe(arch, [k for k in _EXTRA_FIELDS if k in differ])
-
-    def _foreign_checkpoint_hint(self, state_dict: Mapping[str, Tensor]) -> str:
-        if any(k.startswith(('flowUpsamplerNet.', 'RRDB.')) for k in state_dict):
-            return ' (it looks like an SRFlow checkpoint: use SRFlowNet)'
-        return ''

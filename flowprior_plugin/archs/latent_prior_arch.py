@@ -1,18 +1,9 @@
-"""The learned prior's latent module: predicts a flow's latents from the LR image and z0.
+"""The learned prior's latent module (Tsao et al., CVPR 2024): predicts a flow's latents from the LR and z0.
 
-One independent branch per latent level (Tsao et al., CVPR 2024): a prior encoder for the
-level's initial latent z0, optionally an LR encoder for the LR image resized to the level's grid,
-a latent generator fusing the two, and a 1x1 conv head back to the level's channels.
-
-The authors' released SRFlow-LP checkpoint (``{'prior_model': {'name': 'unet', 'args': ...,
-'sd': state_dict}}``) is this network with ``lr_encoder: false`` and a depth-3, width-64 UNet.
-:func:`convert_srflow_lp_state_dict` renames its keys to ours, and
-:meth:`LatentPriorNet.load_state_dict` recognises that layout and converts it on the fly, so
-BasicSR's ``load_network`` reads the file directly with ``param_key_g: prior_model``.
-
-The released LINF-LP module (same file layout, keys without a level index) is this network with
-``latent_channels: [27]``, 32 prior and 32 LR features, ``lr_encoder_stride: 3`` and the same UNet;
-:func:`convert_linf_lp_state_dict` and the same automatic recognition handle it.
+One independent branch per latent level: a prior encoder for the level's z0, optionally an LR
+encoder, a latent generator fusing the two, and a 1x1 conv head. The authors' released SRFlow-LP
+and LINF-LP modules load directly (``param_key_g: prior_model``); their settings are in
+``docs/learned_prior.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +20,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
+from flowprior_plugin.checkpoints import CheckpointFormat, ReleaseLayout, shape_dim, state_dict_shapes
 from flowprior_plugin.errors import CheckpointMismatchError, OptionError
 from flowprior_plugin.flow_protocol import HRWindow
 from flowprior_plugin.generators import build_generator, generator_default_out_channels
@@ -314,51 +306,117 @@ def to_srflow_lp_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict:
     return _rename(state_dict, _OURS_TO_RELEASE, 'LatentPriorNet weights in the SRFlow-LP layout')
 
 
-def _shape(value: Any) -> tuple[int, ...] | None:
-    return tuple(value.shape) if isinstance(value, Tensor) else None
-
-
-def _level_indices(state_dict: Mapping[str, Any]) -> list[int]:
-    found = {int(m.group(1)) for k in state_dict if (m := re.match(r'levels\.(\d+)\.head\.weight$', str(k)))}
+def _level_indices(keys: Mapping[str, Any]) -> list[int]:
+    found = {int(m.group(1)) for k in keys if (m := re.match(r'levels\.(\d+)\.head\.weight$', str(k)))}
     return sorted(found)
 
 
-def _level_channels(state_dict: Mapping[str, Any]) -> list[int | None]:
-    shapes = [_shape(state_dict[f'levels.{i}.head.weight']) for i in _level_indices(state_dict)]
-    return [s[0] if s else None for s in shapes]
+def _describe_generator(keys: Mapping[str, tuple[int, ...]]) -> str:
+    """The first level's generator: its type and the sizes its keys show."""
+    gen = [k[len('levels.0.generator.') :] for k in keys if k.startswith('levels.0.generator.')]
+    if any(k.startswith('stem.') for k in gen):
+        depth = len({k.split('.')[1] for k in gen if k.startswith('downs.')})
+        return f'UNet (depth {depth}, width {shape_dim(keys, "levels.0.generator.stem.0.weight", 0)})'
+    if any(k.startswith('stages.') for k in gen):
+        blocks = len({'.'.join(k.split('.')[1:3]) for k in gen if k.startswith('stages.')})
+        return f'SwinT ({blocks} blocks, embed_dim {shape_dim(keys, "levels.0.generator.norm.weight", 0)})'
+    if any(k.startswith('blocks.') for k in gen):
+        return f'EDSRBaseline ({len({k.split(".")[1] for k in gen if k.startswith("blocks.")})} blocks)'
+    return 'unrecognised'
+
+
+def read_latent_prior_architecture(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`LatentPriorNet` architecture a state dict (our layout) holds, from its keys and shapes.
+
+    Returns:
+        dict: latent_channels (tuple, per level), prior_features, lr_encoder (bool), lr_features
+        (None without an LR encoder) and generator (its type and sizes, a phrase); every field is
+        None when the state dict holds no latent levels.
+    """
+    keys = state_dict_shapes(state_dict)
+    arch: dict[str, Any] = dict.fromkeys(
+        ('latent_channels', 'prior_features', 'lr_encoder', 'lr_features', 'generator')
+    )
+    levels = _level_indices(keys)
+    if not levels:
+        return arch
+    arch['latent_channels'] = tuple(shape_dim(keys, f'levels.{i}.head.weight', 0) for i in levels)
+    arch['prior_features'] = shape_dim(keys, 'levels.0.prior_encoder.conv5.weight', 0)
+    arch['lr_encoder'] = any(k.startswith('levels.0.lr_encoder.') for k in keys)
+    arch['lr_features'] = shape_dim(keys, 'levels.0.lr_encoder.2.conv5.weight', 0)
+    arch['generator'] = _describe_generator(keys)
+    return arch
+
+
+def describe_latent_prior_architecture(arch: Mapping[str, Any], differ: Sequence[str] = ()) -> str:
+    """One phrase for an architecture from :func:`read_latent_prior_architecture`, e.g. "2 latent
+    level(s) with channels [6, 96], prior features 64, LR encoder off, generator UNet (depth 3,
+    width 64)"."""
+
+    def size(value: int | None) -> str:
+        return '?' if value is None else str(value)
+
+    channels = ', '.join(size(c) for c in arch.get('latent_channels') or ())
+    parts = [f'{len(arch.get("latent_channels") or ())} latent level(s) with channels [{channels}]']
+    parts.append(f'prior features {size(arch.get("prior_features"))}')
+    if arch.get('lr_encoder'):
+        parts.append(f'LR encoder on ({size(arch.get("lr_features"))} features)')
+    else:
+        parts.append('LR encoder off')
+    parts.append(f'generator {arch.get("generator")}')
+    return ', '.join(parts)
 
 
 def describe_state_dict(state_dict: Mapping[str, Any]) -> str:
-    """One line saying what a :class:`LatentPriorNet` state dict holds (for error messages)."""
-    levels = _level_indices(state_dict)
-    if not levels:
+    """One line saying what a :class:`LatentPriorNet` state dict holds (for the converters' reports)."""
+    arch = read_latent_prior_architecture(state_dict)
+    if arch['latent_channels'] is None:
         some = ', '.join(str(k) for k in list(state_dict)[:3])
         return f'no LatentPriorNet weights (keys like {some})'
+    return describe_latent_prior_architecture(arch)
 
-    def first_dim(key: str) -> str:
-        shape = _shape(state_dict.get(key))
-        return str(shape[0]) if shape else '?'
 
-    channels = [first_dim(f'levels.{i}.head.weight') for i in levels]
-    parts = [f'{len(levels)} latent level(s) with channels [{", ".join(channels)}]']
-    parts.append(f'prior features {first_dim("levels.0.prior_encoder.conv5.weight")}')
-    if any(str(k).startswith('levels.0.lr_encoder.') for k in state_dict):
-        parts.append(f'LR encoder on ({first_dim("levels.0.lr_encoder.2.conv5.weight")} features)')
-    else:
-        parts.append('LR encoder off')
-    gen = [str(k)[len('levels.0.generator.') :] for k in state_dict if str(k).startswith('levels.0.generator.')]
-    if any(k.startswith('stem.') for k in gen):
-        depth = len({k.split('.')[1] for k in gen if k.startswith('downs.')})
-        parts.append(f'generator UNet (depth {depth}, width {first_dim("levels.0.generator.stem.0.weight")})')
-    elif any(k.startswith('stages.') for k in gen):
-        blocks = len({'.'.join(k.split('.')[1:3]) for k in gen if k.startswith('stages.')})
-        parts.append(f'generator SwinT ({blocks} blocks, embed_dim {first_dim("levels.0.generator.norm.weight")})')
-    elif any(k.startswith('blocks.') for k in gen):
-        blocks = len({k.split('.')[1] for k in gen if k.startswith('blocks.')})
-        parts.append(f'generator EDSRBaseline ({blocks} blocks)')
-    else:
-        parts.append('an unrecognised generator')
-    return ', '.join(parts)
+def _latent_prior_fix(theirs: Mapping[str, Any], differ: Sequence[str]) -> str:
+    hints = []
+    if 'lr_encoder' in differ:
+        if theirs['lr_encoder']:
+            hints.append('set lr_encoder: true in the network options (the file has an LR encoder)')
+        else:
+            hints.append('set lr_encoder: false in the network options (the file has no LR encoder)')
+    if 'latent_channels' in differ:
+        hints.append('use the flow these weights were trained with (the latent channels come from the flow)')
+    if not hints:
+        hints.append('make prior_features, lr_features and generator match the file')
+    return f'. To fix: {"; ".join(hints)}.'
+
+
+def _linf_lp_requirement(net: nn.Module) -> str | None:
+    # The stride is not in the file; with another stride the same tensors would load silently and
+    # compute something else.
+    if net.use_lr_encoder and net.lr_encoder_stride != LINF_LP_LR_ENCODER_STRIDE:
+        return (
+            f'needs lr_encoder_stride: {LINF_LP_LR_ENCODER_STRIDE} (its LR encoder convolves the LR image with '
+            f'stride {LINF_LP_LR_ENCODER_STRIDE}); the options build lr_encoder_stride: {net.lr_encoder_stride}. '
+            f'To fix: set lr_encoder_stride: {LINF_LP_LR_ENCODER_STRIDE} in the network options.'
+        )
+    return None
+
+
+# The authors' files (the whole file, its ``prior_model`` dict as BasicSR's loader hands it over
+# with ``param_key_g: prior_model``, or the bare released state dict) are renamed to our keys.
+LINF_LP_RELEASE = ReleaseLayout(
+    "the authors' LINF-LP checkpoint", is_linf_lp_release, convert_linf_lp_state_dict, _linf_lp_requirement
+)
+SRFLOW_LP_RELEASE = ReleaseLayout(
+    "the authors' SRFlow-LP checkpoint", is_srflow_lp_release, convert_srflow_lp_state_dict
+)
+LATENT_PRIOR_CHECKPOINT_FORMAT = CheckpointFormat(
+    family='LatentPriorNet',
+    read_architecture=read_latent_prior_architecture,
+    describe=describe_latent_prior_architecture,
+    releases=(LINF_LP_RELEASE, SRFLOW_LP_RELEASE),
+    mismatch_fix=_latent_prior_fix,
+)
 
 
 class _LevelBranch(nn.Module):
@@ -412,7 +470,7 @@ class _LevelBranch(nn.Module):
             if window is not None:
                 return self.lr_encoder(window.sample(lq, grid))
             return self.lr_encoder(F.interpolate(lq, size=tuple(grid), mode='bilinear', align_corners=False))
-        # The released LINF-LP order (settled by its golden vectors): strided conv on the LR,
+        # The released LINF-LP order (as its released outputs require): strided conv on the LR,
         # LeakyReLU, dense block, then a bilinear resize only when the grids differ.
         lr_features = self.lr_encoder(lq)
         if window is not None:
@@ -457,6 +515,8 @@ class LatentPriorNet(nn.Module):
             (at test time, on whole images, both are the same). Without windows it changes
             nothing. Default: 'window'.
     """
+
+    checkpoint_format = LATENT_PRIOR_CHECKPOINT_FORMAT
 
     def __init__(
         self,
@@ -580,76 +640,3 @@ class LatentPriorNet(nn.Module):
         elif len(windows) != len(self.levels):
             raise ValueError(f'LatentPriorNet: got {len(windows)} latent windows for {len(self.levels)} level(s)')
         return [branch(lq, z, window) for branch, z, window in zip(self.levels, z0, windows)]
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """Load our own weights or the authors' released SRFlow-LP or LINF-LP checkpoint.
-
-        The released layouts (the whole file, its ``prior_model`` dict as BasicSR's
-        ``load_network`` hands it over with ``param_key_g: prior_model``, or its bare state
-        dict) are converted with :func:`convert_srflow_lp_state_dict` or
-        :func:`convert_linf_lp_state_dict` first. A LINF-LP file also needs
-        ``lr_encoder_stride: 3`` (the stride is not stored in the file).
-
-        Args:
-            state_dict: Weights in either layout.
-            strict: As ``nn.Module.load_state_dict``; keys missing from the file (e.g. an LR
-                encoder to train from scratch) are only accepted when False. Differently shaped
-                tensors are never accepted.
-            assign: As ``nn.Module.load_state_dict``.
-
-        Raises:
-            CheckpointMismatchError: The file holds a different architecture from the one the
-                options build (one message: what the file holds, what the options build, and
-                which option to change).
-        """
-        source = 'the checkpoint'
-        if is_linf_lp_release(state_dict):
-            state_dict = convert_linf_lp_state_dict(state_dict)
-            source = "the authors' LINF-LP checkpoint"
-            # The stride is not in the file; with another stride the same tensors would load
-            # silently and compute something else.
-            if self.use_lr_encoder and self.lr_encoder_stride != LINF_LP_LR_ENCODER_STRIDE:
-                raise CheckpointMismatchError(
-                    f'{source} needs lr_encoder_stride: {LINF_LP_LR_ENCODER_STRIDE} (its LR encoder convolves '
-                    f'the LR image with stride {LINF_LP_LR_ENCODER_STRIDE}); the options build '
-                    f'lr_encoder_stride: {self.lr_encoder_stride}. To fix: set lr_encoder_stride: '
-                    f'{LINF_LP_LR_ENCODER_STRIDE} in the network options.'
-                )
-        elif is_srflow_lp_release(state_dict):
-            state_dict = convert_srflow_lp_state_dict(state_dict)
-            source = "the authors' SRFlow-LP checkpoint"
-        self._check_compatible(state_dict, strict, source)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def _check_compatible(self, state_dict: Mapping[str, Any], strict: bool, source: str) -> None:
-        own = self.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        reshaped = [k for k in own if k in state_dict and _shape(state_dict[k]) not in (None, tuple(own[k].shape))]
-        if not reshaped and not (strict and (missing or unexpected)):
-            return
-        file_desc, net_desc = describe_state_dict(state_dict), describe_state_dict(own)
-        detail = []
-        if missing:
-            detail.append(f'{len(missing)} missing (e.g. {missing[0]})')
-        if unexpected:
-            detail.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
-        if reshaped:
-            k = reshaped[0]
-            detail.append(
-                f'{len(reshaped)} with other shapes (e.g. {k}: file {_shape(state_dict[k])}, net {tuple(own[k].shape)})'
-            )
-        hints = []
-        file_lr = any(str(k).startswith('levels.0.lr_encoder.') for k in state_dict)
-        if self.use_lr_encoder and not file_lr:
-            hints.append('set lr_encoder: false in the network options (the file has no LR encoder)')
-        elif file_lr and not self.use_lr_encoder:
-            hints.append('set lr_encoder: true in the network options (the file has an LR encoder)')
-        if _level_channels(state_dict) != _level_channels(own):
-            hints.append('use the flow these weights were trained with (the latent channels come from the flow)')
-        if not hints:
-            hints.append('make prior_features, lr_features and generator match the file')
-        raise CheckpointMismatchError(
-            f'{source} holds {file_desc}; the options build {net_desc}. Keys: {"; ".join(detail)}. '
-            f'To fix: {"; ".join(hints)}.'
-        )

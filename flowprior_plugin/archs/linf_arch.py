@@ -1,76 +1,9 @@
 """LINF (Yao et al., CVPR 2023): Local Implicit Normalizing Flow for arbitrary-scale super-resolution.
 
-Written from the architecture description in the team's reference notes (``LINF.md``); parameter
-names and shapes are those of the released checkpoints (a file format), so the official
-``edsr-baseline-linf.pth``, ``rrdb-linf.pth`` and the 3x3-patch (LINF-LP) files load with
-``strict=True``.
-
-An encoder turns the LR image into features; for every HR query location (one pixel, or the centre
-of a non-overlapping 3x3 HR patch) local implicit Fourier features of the four nearest LR cells go
-through an MLP that predicts the affine parameters of a small flow on that location's values
-(3 colours, or the 27 values of the patch). The flow models the HR *residual*: HR minus the
-bilinearly upsampled LR. Images inside the network are in [-1, 1].
-
-How this implementation is organised (all mathematically neutral):
-
-- :meth:`LINFNet.condition` computes everything that depends on the LR alone (encoder features and
-  the ``coef``/``freq`` maps) once, for any number of encodes/decodes at any output size.
-- The per-query work is split into chunks of ``query_chunk`` queries (memory), with the same
-  results as one batch.
-- The flow parameters the MLP makes for a query grid are kept in the condition and reused for
-  the same grid (``cache_flow_params``): one MLP pass serves the learned prior's initial prior,
-  encode and decode of one step, and every further decode of one prediction.
-- Each linear map's inverse is cached (see :class:`~flowprior_plugin.layers.pointwise_flow.InvertibleLinear`).
-
-Facts settled by the golden vectors of the release (float64, 1e-12 relative or better), where
-``LINF.md`` leaves a choice open:
-
-- the EDSR-baseline encoder applies neither ``sub_mean`` nor ``add_mean`` (they are in the
-  checkpoint only) and returns ``head + body(head)``; the RRDB encoder returns
-  ``f + trunk_conv(trunk(f))`` with ``f = conv_first(lr)`` (ESRGAN's trunk, not SRFlow's variant);
-- ``freq`` is split into contiguous halves: channels [0, 128) pair with the row offset, [128, 256)
-  with the column offset;
-- each linear map is ``y = W x + b`` (``F.linear`` with the stored ``_weight``);
-- the four neighbours are concatenated with the row offset in the outer loop (-1, +1) and the
-  column offset in the inner loop, each multiplied by its bilinear weight;
-- each bilinear area is ``|rel_row * rel_col| + 1e-9`` (the epsilon is not in LINF.md; without it
-  the golden vectors differ by 1e-9, with it by 1e-15);
-- the coordinate grids (query coordinates and LR cell centres) are computed in float32 and then
-  cast, even in a float64 run, while the bilinear base of the residual samples the LR at
-  coordinates of the working dtype;
-- in patch mode a query whose patch centre falls in the zero padding gets the coordinate (0, 0)
-  (both coordinates, as the whole coordinate grid is zero-padded), the cell is computed from the
-  unpadded HR size, and the residual is zero in the padding (the residual of the unpadded image,
-  zero-padded at the bottom and right);
-- a patch's 27 values are ordered channel * 9 + 3 * row + column (``pixel_unshuffle`` /
-  ``pixel_shuffle`` order).
-
-Facts read from the public LINF and LINF-LP training / test code (not in ``LINF.md``):
-
-- LINF's stage-1 loss is ``-log_p.mean()`` of the residual with no dequantisation noise, so
-  :meth:`LINFNet.nll` adds none by default (``dequantization: uniform`` is an opt-in);
-- LINF-LP's initial prior resizes with ``F.interpolate(..., mode='bilinear', align_corners=False)``
-  both ways (no antialiasing): ``up(y)`` to the HR size, ``down`` to the LR size, ``up`` again;
-  on crops it is computed on the whole crop and then cut to the window;
-- the patch grid is padded only when a side is not a multiple of p (LINF-LP's data, which the
-  released prior was trained and tested on). LINF's own test data pad ``p - H mod p`` rows, a
-  whole extra row of patches when H is a multiple of p (what ``LINF.md`` describes); those extra
-  queries sit at the coordinate (0, 0) and are cropped away after decoding, so the two layouts
-  decode the same image; only the shape of the latent map differs.
-
-Protocol choices (:mod:`flowprior_plugin.flow_protocol`) that the releases do not fix:
-
-- :meth:`LINFNet.nll` is the density of the residual in the network's [-1, 1] range, summed over
-  every query and divided by H * W, in bits;
-- windows (:class:`~flowprior_plugin.flow_protocol.HRWindow`, for training on crops as LINF-LP
-  does): a window's queries get the coordinates of its pixels in its whole HR image and that
-  image's cell, its bilinear base samples the LR there, and it is padded to whole patches like an
-  image of the window's size, so a window starting on the patch grid has exactly the latents,
-  log-densities and decode of those patches of the whole image (LINF-LP's training windows are
-  96 x 96: whole patches, no padding).
-
-The per-pixel model (``patch_size`` 1) has no golden vectors; it is the same code with D = 3, no
-padding and one query per HR pixel centre, and its key lists and parameter totals are checked.
+Keys and shapes are those of the released checkpoints: ``edsr-baseline-linf.pth``, ``rrdb-linf.pth``
+and the 3x3-patch (LINF-LP) files load with ``strict=True``. The flow models the HR residual (HR
+minus the bilinearly upsampled LR) per query location, in [-1, 1]. Latent layout and padding,
+windows, the initial prior and the likelihood: ``docs/linf.md``.
 """
 
 from __future__ import annotations
@@ -87,11 +20,14 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import FlowNet, shape_dim, state_dict_shapes
+from flowprior_plugin.archs.base_flow_net import BaseFlowNet
+from flowprior_plugin.checkpoints import CheckpointFormat, ReleaseLayout, shape_dim, state_dict_shapes
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize, output_hw
+from flowprior_plugin.layers import linf_geometry
 from flowprior_plugin.layers.edsr import EDSRBaselineEncoder
-from flowprior_plugin.layers.local_fourier import local_fourier_features, make_coord, window_coord
+from flowprior_plugin.layers.linf_geometry import bilinear_base
+from flowprior_plugin.layers.local_fourier import local_fourier_features
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
 from flowprior_plugin.layers.rrdb_encoder import RRDBEncoder
 from flowprior_plugin.tiling import TileInputs
@@ -150,8 +86,152 @@ def official_linf_options(name: str) -> dict[str, Any]:
     return dict(LINF_OFFICIAL_CONFIGS[name])
 
 
+# Architecture field -> the LINFNet option that sets it (for the "to load it, set ..." hint).
+_OPTION_OF = {
+    'encoder': 'encoder',
+    'patch_size': 'patch_size',
+    'hidden_dim': 'hidden_dim',
+    'flow_layers': 'flow_layers',
+    'mlp_layers': 'mlp_layers',
+    'in_nc': 'in_nc',
+}
+
+
+def is_linf_release(obj: Any) -> bool:
+    """Whether ``obj`` is a released LINF checkpoint (``{'model': {'name', 'args', 'sd'}, ...}``) or
+    its ``model`` part."""
+    if not isinstance(obj, Mapping):
+        return False
+    inner = obj.get('model')
+    if isinstance(inner, Mapping) and isinstance(inner.get('sd'), Mapping):
+        return True
+    return isinstance(obj.get('sd'), Mapping) and 'name' in obj
+
+
+def unwrap_linf_checkpoint(obj: Mapping) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """(bare state dict, header) of a released LINF checkpoint, or ``(obj, {})`` for anything else.
+
+    The header holds the release's ``name`` (``'linf'`` or ``'linf-patch'``) and ``args`` where
+    present. A ``module.`` prefix (a DataParallel save) is removed.
+    """
+    if not is_linf_release(obj):
+        return obj, {}
+    inner = obj['model'] if isinstance(obj.get('model'), Mapping) else obj
+    header = {k: v for k, v in inner.items() if k != 'sd'}
+    sd = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in inner['sd'].items())
+    return sd, header
+
+
+def convert_linf_checkpoint(released: Mapping) -> OrderedDict:
+    """The state dict of a released LINF checkpoint for :class:`LINFNet` (our keys are the
+    release's, so this only unwraps; the tensors are not copied).
+
+    Raises:
+        CheckpointMismatchError: ``released`` holds no LINF weights.
+    """
+    sd, _ = unwrap_linf_checkpoint(released)
+    if all(v is None for v in read_linf_architecture(sd).values()):
+        raise CheckpointMismatchError(
+            "not a LINF checkpoint: expected {'model': {'name', 'args', 'sd'}} or keys like "
+            'encoder.head.0.weight, coef.weight, imnet.last._weight'
+        )
+    return OrderedDict(sd)
+
+
+def read_linf_architecture(shapes: Mapping[str, Any]) -> dict[str, Any]:
+    """The LINF architecture a state dict holds, read from its keys and shapes.
+
+    Args:
+        shapes: State-dict keys mapped to tensors or shapes (a trailing ``.ignore``, BasicSR's mark
+            of a size mismatch, is read like the original key).
+
+    Returns:
+        dict: encoder ('edsr_baseline' / 'rrdb'), encoder_blocks, nf, in_nc, patch_size,
+        hidden_dim, flow_layers, mlp_layers; None where the state dict does not reveal a field.
+    """
+    keys = state_dict_shapes(shapes)
+
+    def count(pattern: str) -> int:
+        return len({m.group(1) for k in keys if (m := re.match(pattern, k))})
+
+    arch: dict[str, Any] = dict.fromkeys(
+        ('encoder', 'encoder_blocks', 'nf', 'in_nc', 'patch_size', 'hidden_dim', 'flow_layers', 'mlp_layers')
+    )
+    if 'encoder.head.0.weight' in keys:
+        arch['encoder'] = 'edsr_baseline'
+        arch['encoder_blocks'] = count(r'encoder\.body\.(\d+)\.body\.0\.weight$')
+        arch['nf'] = shape_dim(keys, 'encoder.head.0.weight', 0)
+        arch['in_nc'] = shape_dim(keys, 'encoder.head.0.weight', 1)
+    elif 'encoder.conv_first.weight' in keys:
+        arch['encoder'] = 'rrdb'
+        arch['encoder_blocks'] = count(r'encoder\.RRDB_trunk\.(\d+)\.')
+        arch['nf'] = shape_dim(keys, 'encoder.conv_first.weight', 0)
+        arch['in_nc'] = shape_dim(keys, 'encoder.conv_first.weight', 1)
+    arch['hidden_dim'] = shape_dim(keys, 'coef.weight', 0)
+    flow_dim = shape_dim(keys, 'imnet.last._weight', 0)
+    if flow_dim is not None:
+        channels = arch['in_nc'] or 3
+        side = math.isqrt(max(flow_dim // channels, 1))
+        arch['patch_size'] = side if side * side * channels == flow_dim else None
+    if any(k.startswith('imnet.linears.') for k in keys):
+        arch['flow_layers'] = count(r'imnet\.linears\.(\d+)\.')
+    mlp = count(r'layers\.(\d+)\.weight$')
+    arch['mlp_layers'] = mlp - 1 if mlp else None
+    return arch
+
+
+_ENCODER_NAMES = {'edsr_baseline': 'EDSR-baseline', 'rrdb': 'RRDB'}
+
+
+def describe_linf_architecture(arch: Mapping[str, Any]) -> str:
+    """One phrase for an architecture from :func:`read_linf_architecture`, e.g. "3x3-patch model
+    (linf-patch) with an RRDB encoder (23 blocks, 64 features), hidden_dim 256, 10 flow layers"."""
+    p = arch.get('patch_size')
+    if p == 1:
+        parts = ['per-pixel model (linf)']
+    elif p is not None:
+        parts = [f'{p}x{p}-patch model (linf-patch)']
+    else:
+        parts = ['model of unknown patch size']
+    encoder = arch.get('encoder')
+    if encoder is not None:
+        blocks, nf = arch.get('encoder_blocks'), arch.get('nf')
+        parts[0] += f' with an {_ENCODER_NAMES[encoder]} encoder ({blocks} blocks, {nf} features)'
+    else:
+        parts[0] += ' with no encoder weights'
+    if arch.get('hidden_dim') is not None:
+        parts.append(f'hidden_dim {arch["hidden_dim"]}')
+    if arch.get('flow_layers') is not None:
+        parts.append(f'{arch["flow_layers"]} flow layers')
+    if arch.get('mlp_layers') is not None:
+        parts.append(f'{arch["mlp_layers"]} MLP layers')
+    return ', '.join(parts)
+
+
+def describe_linf_checkpoint(arch: Mapping[str, Any], differ: Sequence[str] = ()) -> str:
+    """ "LINF " and :func:`describe_linf_architecture` (every field is always shown)."""
+    return f'LINF {describe_linf_architecture(arch)}'
+
+
+def _linf_mismatch_fix(theirs: Mapping[str, Any], differ: Sequence[str]) -> str:
+    fixes = [f'{_OPTION_OF[k]}: {theirs[k]}' for k in differ if k in _OPTION_OF]
+    return f'. To load it, set {", ".join(fixes)} in the network options' if fixes else ''
+
+
+# The released files (``{'model': {'name', 'args', 'sd'}, ...}``, or their ``model`` part as
+# BasicSR's loader hands it over with ``param_key_g: model``) hold our keys: only unwrapped.
+LINF_RELEASE = ReleaseLayout("the authors' LINF checkpoint", is_linf_release, convert_linf_checkpoint)
+LINF_CHECKPOINT_FORMAT = CheckpointFormat(
+    family='LINF',
+    read_architecture=read_linf_architecture,
+    describe=describe_linf_checkpoint,
+    releases=(LINF_RELEASE,),
+    mismatch_fix=_linf_mismatch_fix,
+)
+
+
 @ARCH_REGISTRY.register()
-class LINFNet(FlowNet):
+class LINFNet(BaseFlowNet):
     """LINF: an LR encoder, local implicit Fourier features and a per-location flow.
 
     Children (the checkpoint's keys): ``encoder`` (EDSR-baseline or RRDB, no upsampling),
@@ -195,6 +275,7 @@ class LINFNet(FlowNet):
     # Any output size: the models take the HR size from the gt when there is one.
     arbitrary_scale = True
     family = 'LINF'
+    checkpoint_format = LINF_CHECKPOINT_FORMAT
     condition_type = LINFCondition
 
     def __init__(
@@ -262,9 +343,7 @@ class LINFNet(FlowNet):
     # ------------------------------------------------------------------ geometry
     def query_shape(self, hr_size: Sequence[int] | HRWindow) -> tuple[int, int]:
         """(Hq, Wq): the query grid of an HR image (or window) of size ``hr_size`` = (H, W)."""
-        h, w = output_hw(hr_size)
-        p = self.patch_size
-        return -(-h // p), -(-w // p)  # ceil: whole patches over the (padded) grid
+        return linf_geometry.query_shape(hr_size, self.patch_size)
 
     def padding(self, hr_size: Sequence[int] | HRWindow) -> tuple[int, int]:
         """Rows and columns of zeros added below and right of the HR grid (patch mode only).
@@ -273,9 +352,7 @@ class LINFNet(FlowNet):
         docstring for LINF's own extra row). A window is padded the same way (its size decides),
         so a latent's shape depends on the output size alone.
         """
-        h, w = output_hw(hr_size)
-        p = self.patch_size
-        return (-h) % p, (-w) % p
+        return linf_geometry.patch_padding(hr_size, self.patch_size)
 
     def query_grid(
         self,
@@ -284,51 +361,9 @@ class LINFNet(FlowNet):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Query coordinates and cell for an HR image of size ``hr_size`` = (H, W), or for windows.
-
-        Returns:
-            tuple[Tensor, Tensor]: ``coord`` (B, Hq, Wq, 2) in ``(row, col)`` order and ``cell``
-            (B, 2) = (2 / H, 2 / W). In patch mode ``coord`` is the pixel-centre grid of the HR
-            image zero-padded as in :meth:`padding`, taken at each patch's centre pixel (queries
-            whose centre lies in the padding get (0, 0), as released). For an :class:`HRWindow`
-            the coordinates are those of the window's pixels in the grid of its whole HR image, and
-            the cell is that of the whole image (per sample): what a decode of the whole image
-            would use at those pixels.
-        """
-        dtype = dtype or torch.get_default_dtype()
-        coord = self.pixel_coords(hr_size, batch, dtype, device)
-        p = self.patch_size
-        if p > 1:
-            ph, pw = self.padding(hr_size)
-            coord = F.pad(coord.permute(0, 3, 1, 2), (0, pw, 0, ph))[:, :, p // 2 :: p, p // 2 :: p].permute(0, 2, 3, 1)
-        if isinstance(hr_size, HRWindow):
-            cell = 2.0 / hr_size.full_size.to(device=device, dtype=dtype)
-        else:
-            h, w = output_hw(hr_size)
-            cell = torch.tensor([2.0 / h, 2.0 / w], dtype=dtype, device=device).unsqueeze(0).expand(batch, -1)
-        return coord, cell
-
-    @staticmethod
-    def pixel_coords(
-        hr_size: Sequence[int] | HRWindow,
-        batch: int,
-        dtype: torch.dtype,
-        device: torch.device | str | None = None,
-        float32_grid: bool = True,
-    ) -> Tensor:
-        """Pixel-centre coordinates (B, H, W, 2) of an HR image of size ``hr_size``, or of each
-        window's pixels in its whole HR image (the very numbers of that image's grid, see
-        :func:`window_coord`). ``float32_grid``: see :func:`make_coord`."""
-        if not isinstance(hr_size, HRWindow):
-            coord = make_coord(output_hw(hr_size), dtype=dtype, device=device, float32_grid=float32_grid)
-            return coord.unsqueeze(0).expand(batch, -1, -1, -1)
-        if hr_size.batch != batch:
-            raise ValueError(f'LINFNet: HRWindow describes {hr_size.batch} images, but the batch has {batch}')
-        coords = [
-            window_coord(full, top_left, hr_size.size, dtype=dtype, device=device, float32_grid=float32_grid)
-            for full, top_left in zip(hr_size.full_size.tolist(), hr_size.offset.tolist())
-        ]
-        return torch.stack(coords)
+        """Query coordinates (B, Hq, Wq, 2) and cell (B, 2) for an HR image of size ``hr_size``, or
+        for windows (see :func:`~flowprior_plugin.layers.linf_geometry.query_grid`)."""
+        return linf_geometry.query_grid(hr_size, self.patch_size, batch, dtype, device)
 
     def latent_shape(self, lq_shape: Sequence[int], out_size: OutputSize = None) -> tuple[int, ...]:
         """Shape (B, 3 p^2, Hq, Wq) of the latent map for an LR of shape ``lq_shape`` and an HR
@@ -412,28 +447,17 @@ class LINFNet(FlowNet):
         """The bilinear base: the LR (network range) sampled at the HR pixel centres (of the whole
         image, or of each window in its image), border padding, ``align_corners=False`` ->
         (B, in_nc, H, W)."""
-        return self._bilinear_base(cond.lr, hr_size)
-
-    @classmethod
-    def _bilinear_base(cls, lr: Tensor, hr_size: Sequence[int] | HRWindow) -> Tensor:
-        """``lr`` (any range) sampled bilinearly at the pixel centres of an HR grid of ``hr_size``."""
-        # Computed in the working dtype (not a float32 grid): LINF's golden residuals are
-        # reproduced to 1e-15 in float64 only this way, unlike the query coordinates.
-        coord = cls.pixel_coords(hr_size, lr.shape[0], lr.dtype, lr.device, float32_grid=False)
-        return F.grid_sample(lr, coord.flip(-1), mode='bilinear', padding_mode='border', align_corners=False)
+        return bilinear_base(cond.lr, hr_size)
 
     def to_patches(self, image: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C p^2, Hq, Wq): zero-pad as in :meth:`padding`, then one vector per
         patch ordered ``channel * p^2 + p * row + column``."""
-        ph, pw = self.padding(image.shape[-2:])
-        if self.patch_size == 1:
-            return image
-        return F.pixel_unshuffle(F.pad(image, (0, pw, 0, ph)), self.patch_size)
+        return linf_geometry.to_patches(image, self.patch_size)
 
     def fold(self, patches: Tensor) -> Tensor:
         """(B, C p^2, Hq, Wq) -> (B, C, p Hq, p Wq): the patches laid back side by side (padding
         kept; crop with ``[..., :H, :W]``)."""
-        return patches if self.patch_size == 1 else F.pixel_shuffle(patches, self.patch_size)
+        return linf_geometry.fold_patches(patches, self.patch_size)
 
     def residual_patches(
         self, cond: LINFCondition, gt: Tensor, normalized: bool = False, window: HRWindow | None = None
@@ -657,7 +681,7 @@ class LINFNet(FlowNet):
         cond = self._resolve_cond(lq, cond)
         up = self.upsampled_lr(cond, target)
         down = self._down_of_up(cond, target, tuple(lq.shape[-2:]), up)
-        residual = self.to_patches(up - self._bilinear_base(down, target))
+        residual = self.to_patches(up - bilinear_base(down, target))
         return [self.log_prob_patches(residual, self.params_for(cond, target))[1]]
 
     def _down_of_up(
@@ -671,7 +695,7 @@ class LINFNet(FlowNet):
 
         if not isinstance(target, HRWindow):
             return down(up)
-        ups = [self._bilinear_base(cond.lr[b : b + 1], tuple(full)) for b, full in enumerate(target.full_size.tolist())]
+        ups = [bilinear_base(cond.lr[b : b + 1], tuple(full)) for b, full in enumerate(target.full_size.tolist())]
         return torch.cat([down(up) for up in ups])
 
     def initialize_from_batch(self, lq: Tensor, gt: Tensor) -> bool:
@@ -745,165 +769,3 @@ class LINFNet(FlowNet):
         for module in self.modules():
             if isinstance(module, InvertibleLinear):
                 module.clear_cache()
-
-    # ------------------------------------------------------------------ checkpoints
-    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Any]) -> str | None:
-        """Say which LINF architecture a state dict holds if it is not the one of this network.
-
-        Reads the encoder (EDSR-baseline or RRDB, its blocks and width), the patch size (from the
-        flow's dimension), hidden_dim, flow and MLP layers from the keys and shapes.
-
-        Args:
-            state_dict: A bare state dict, or a released file / its ``model`` part (unwrapped here).
-
-        Returns:
-            str | None: "checkpoint holds LINF <desc> but the options build LINF <desc>; ..." with
-            the options to change, or None when the architectures fit.
-        """
-        state_dict, _ = unwrap_linf_checkpoint(state_dict)
-        return super().describe_checkpoint_mismatch(state_dict)
-
-    def _read_architecture(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-        return read_linf_architecture(state_dict)
-
-    def _describe_architecture(self, arch: Mapping[str, Any], differ: Sequence[str]) -> str:
-        return describe_linf_architecture(arch)
-
-    def _mismatch_fix(self, theirs: Mapping[str, Any], differ: Sequence[str]) -> str:
-        fixes = [f'{_OPTION_OF[k]}: {theirs[k]}' for k in differ if k in _OPTION_OF]
-        return f'. To load it, set {", ".join(fixes)} in the network options' if fixes else ''
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As :meth:`torch.nn.Module.load_state_dict`, and also reads the released checkpoint format.
-
-        The released file (``{'model': {'name', 'args', 'sd'}, 'optimizer': ..., 'epoch': ...}``),
-        its ``model`` part (what BasicSR's ``load_network`` passes with ``param_key_g: model``) and
-        ``module.``-prefixed keys are unwrapped first. With ``strict``, a checkpoint of another LINF
-        architecture raises :class:`CheckpointMismatchError` naming both (per-pixel vs 3x3 patch,
-        EDSR-baseline vs RRDB, ...) instead of torch's key lists; ``strict=False`` is passed on.
-        Cached inverses refresh themselves (the copy bumps each weight's version).
-        """
-        state_dict, _ = unwrap_linf_checkpoint(state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-# Architecture field -> the LINFNet option that sets it (for the "to load it, set ..." hint).
-_OPTION_OF = {
-    'encoder': 'encoder',
-    'patch_size': 'patch_size',
-    'hidden_dim': 'hidden_dim',
-    'flow_layers': 'flow_layers',
-    'mlp_layers': 'mlp_layers',
-    'in_nc': 'in_nc',
-}
-
-
-def is_linf_release(obj: Any) -> bool:
-    """Whether ``obj`` is a released LINF checkpoint (``{'model': {'name', 'args', 'sd'}, ...}``) or
-    its ``model`` part."""
-    if not isinstance(obj, Mapping):
-        return False
-    inner = obj.get('model')
-    if isinstance(inner, Mapping) and isinstance(inner.get('sd'), Mapping):
-        return True
-    return isinstance(obj.get('sd'), Mapping) and 'name' in obj
-
-
-def unwrap_linf_checkpoint(obj: Mapping) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """(bare state dict, header) of a released LINF checkpoint, or ``(obj, {})`` for anything else.
-
-    The header holds the release's ``name`` (``'linf'`` or ``'linf-patch'``) and ``args`` where
-    present. A ``module.`` prefix (a DataParallel save) is removed.
-    """
-    if not is_linf_release(obj):
-        return obj, {}
-    inner = obj['model'] if isinstance(obj.get('model'), Mapping) else obj
-    header = {k: v for k, v in inner.items() if k != 'sd'}
-    sd = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in inner['sd'].items())
-    return sd, header
-
-
-def convert_linf_checkpoint(released: Mapping) -> OrderedDict:
-    """The state dict of a released LINF checkpoint for :class:`LINFNet` (our keys are the
-    release's, so this only unwraps; the tensors are not copied).
-
-    Raises:
-        CheckpointMismatchError: ``released`` holds no LINF weights.
-    """
-    sd, _ = unwrap_linf_checkpoint(released)
-    if all(v is None for v in read_linf_architecture(sd).values()):
-        raise CheckpointMismatchError(
-            "not a LINF checkpoint: expected {'model': {'name', 'args', 'sd'}} or keys like "
-            'encoder.head.0.weight, coef.weight, imnet.last._weight'
-        )
-    return OrderedDict(sd)
-
-
-def read_linf_architecture(shapes: Mapping[str, Any]) -> dict[str, Any]:
-    """The LINF architecture a state dict holds, read from its keys and shapes.
-
-    Args:
-        shapes: State-dict keys mapped to tensors or shapes (a trailing ``.ignore``, BasicSR's mark
-            of a size mismatch, is read like the original key).
-
-    Returns:
-        dict: encoder ('edsr_baseline' / 'rrdb'), encoder_blocks, nf, in_nc, patch_size,
-        hidden_dim, flow_layers, mlp_layers; None where the state dict does not reveal a field.
-    """
-    keys = state_dict_shapes(shapes)
-
-    def count(pattern: str) -> int:
-        return len({m.group(1) for k in keys if (m := re.match(pattern, k))})
-
-    arch: dict[str, Any] = dict.fromkeys(
-        ('encoder', 'encoder_blocks', 'nf', 'in_nc', 'patch_size', 'hidden_dim', 'flow_layers', 'mlp_layers')
-    )
-    if 'encoder.head.0.weight' in keys:
-        arch['encoder'] = 'edsr_baseline'
-        arch['encoder_blocks'] = count(r'encoder\.body\.(\d+)\.body\.0\.weight$')
-        arch['nf'] = shape_dim(keys, 'encoder.head.0.weight', 0)
-        arch['in_nc'] = shape_dim(keys, 'encoder.head.0.weight', 1)
-    elif 'encoder.conv_first.weight' in keys:
-        arch['encoder'] = 'rrdb'
-        arch['encoder_blocks'] = count(r'encoder\.RRDB_trunk\.(\d+)\.')
-        arch['nf'] = shape_dim(keys, 'encoder.conv_first.weight', 0)
-        arch['in_nc'] = shape_dim(keys, 'encoder.conv_first.weight', 1)
-    arch['hidden_dim'] = shape_dim(keys, 'coef.weight', 0)
-    flow_dim = shape_dim(keys, 'imnet.last._weight', 0)
-    if flow_dim is not None:
-        channels = arch['in_nc'] or 3
-        side = math.isqrt(max(flow_dim // channels, 1))
-        arch['patch_size'] = side if side * side * channels == flow_dim else None
-    if any(k.startswith('imnet.linears.') for k in keys):
-        arch['flow_layers'] = count(r'imnet\.linears\.(\d+)\.')
-    mlp = count(r'layers\.(\d+)\.weight$')
-    arch['mlp_layers'] = mlp - 1 if mlp else None
-    return arch
-
-
-_ENCODER_NAMES = {'edsr_baseline': 'EDSR-baseline', 'rrdb': 'RRDB'}
-
-
-def describe_linf_architecture(arch: Mapping[str, Any]) -> str:
-    """One phrase for an architecture from :func:`read_linf_architecture`, e.g. "3x3-patch model
-    (linf-patch) with an RRDB encoder (23 blocks, 64 features), hidden_dim 256, 10 flow layers"."""
-    p = arch.get('patch_size')
-    if p == 1:
-        parts = ['per-pixel model (linf)']
-    elif p is not None:
-        parts = [f'{p}x{p}-patch model (linf-patch)']
-    else:
-        parts = ['model of unknown patch size']
-    encoder = arch.get('encoder')
-    if encoder is not None:
-        blocks, nf = arch.get('encoder_blocks'), arch.get('nf')
-        parts[0] += f' with an {_ENCODER_NAMES[encoder]} encoder ({blocks} blocks, {nf} features)'
-    else:
-        parts[0] += ' with no encoder weights'
-    if arch.get('hidden_dim') is not None:
-        parts.append(f'hidden_dim {arch["hidden_dim"]}')
-    if arch.get('flow_layers') is not None:
-        parts.append(f'{arch["flow_layers"]} flow layers')
-    if arch.get('mlp_layers') is not None:
-        parts.append(f'{arch["mlp_layers"]} MLP layers')
-    return ', '.join(parts)

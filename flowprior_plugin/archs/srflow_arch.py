@@ -1,25 +1,9 @@
 """SRFlow (Lugmayr et al., ECCV 2020): a conditional normalising flow HR <-> latents given the LR.
 
-Written from the architecture description in the team's reference notes (``SRFLOW.md``); the
-parameter names and shapes are those of the released checkpoints (a file format), so the official
-``SRFlow_*.pth`` files load with ``strict=True``.
-
-Differences from the release, all mathematically neutral:
-
-- Everything that depends on the LR alone is computed once by :meth:`SRFlowNet.condition` and can
-  be reused across an encode and any number of decodes of the same LR: the RRDB conditionals (only
-  at the resolutions some flow level uses), every coupling's feature-injector output, and the
-  conditional part of every coupling's first convolution (that convolution has no bias and is
-  linear in ``concat(z1, ft)``, so it splits into ``conv_z1(z1) + conv_ft(ft)``).
-- The unused heads of the RRDB (``HRconv``, ``conv_last``, the highest ``upconv``) and the flow's
-  ``f`` are kept for checkpoint compatibility but never computed.
-- Loading a checkpoint of another SRFlow configuration raises
-  :class:`~flowprior_plugin.errors.CheckpointMismatchError` naming both configurations.
-
-Two facts were settled by the golden vectors of the release, where a literal reading of SRFLOW.md
-differs (both readings were run; only these reproduce the release to 1e-15 in float64):
-``last_lr_fea = t + trunk_conv(t)`` with ``t`` the trunk's output (not ``conv_first``'s), and
-every ``fea_up{2,4,...}`` is taken after its LeakyReLU.
+Keys and shapes are those of the released checkpoints: the official ``SRFlow_*.pth`` files load
+with ``strict=True``. :meth:`SRFlowNet.condition` computes what depends on the LR alone once, for
+an encode and any number of decodes. Latent layout, the initial prior and the likelihood:
+``docs/srflow.md``.
 """
 
 from __future__ import annotations
@@ -34,8 +18,9 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from flowprior_plugin.archs.flow_net_base import (
-    ActNormFlowNet,
+from flowprior_plugin.archs.base_flow_net import ActNormFlowNet
+from flowprior_plugin.checkpoints import (
+    CheckpointFormat,
     describe_scaled_architecture,
     key_indices,
     official_config_name,
@@ -50,13 +35,14 @@ from flowprior_plugin.layers.flow_layers import (
     Conv2dActNorm,
     Conv2dZeros,
     InvertibleConv1x1,
+    SqueezeLayer,
     actnorm_init_disabled,
     cross_split,
     gaussian_log_prob,
-    squeeze2d,
     standardize_per_pixel,  # noqa: F401  (shared with HCFlow; still importable from here)
     unsqueeze2d,
 )
+from flowprior_plugin.layers.row_bands import apply_in_row_bands
 from flowprior_plugin.layers.rrdb import RRDB
 from flowprior_plugin.tiling import TileInputs
 
@@ -73,6 +59,11 @@ _UNUSED_F_CHANNELS = 96
 # LR pixels of trunk features a tile cuts beyond its box: the upconvs after the trunk reach less
 # than one LR pixel; even, so the half-LR conditional of the cut stays on the whole image's grid.
 _TILE_HALO = 2
+# Rows either side an RRDB block reads (3 dense blocks of 5 3x3 convolutions), and the rows per band
+# of the whole-LR trunk in tiled prediction: (96 + 2 * 15) / 96 = 1.31x the trunk's work for a
+# peak of one band's intermediates instead of the whole image's.
+_RRDB_HALO = 15
+TRUNK_BAND_ROWS = 96
 
 
 def official_srflow_options(name: str) -> dict:
@@ -153,18 +144,30 @@ class SRFlowRRDB(nn.Module):
         self.stacked_blocks = tuple(int(i) for i in stacked_blocks)
         self.scale = scale
 
-    def trunk(self, lr: Tensor) -> tuple[Tensor, Tensor | None]:
+    def trunk(self, lr: Tensor, band_rows: int | None = None) -> tuple[Tensor, Tensor | None]:
         """The LR-resolution features every conditional is made of: the trunk's output (after the
-        residual ``trunk_conv``) and the stacked blocks' outputs concatenated (None without any)."""
-        # Checked against the golden vectors (they disagree with a literal reading of SRFLOW.md):
-        # the residual around trunk_conv starts from the trunk's OUTPUT (not conv_first's).
+        residual ``trunk_conv``) and the stacked blocks' outputs concatenated (None without any).
+
+        ``band_rows`` computes each RRDB block ``band_rows`` rows at a time (exact: a block's 15
+        3x3 convolutions see 15 rows either side), so that only the kept features grow with the
+        image, not the blocks' intermediate tensors (tiled prediction of large images). Default:
+        None (whole image at once).
+        """
+        # The residual around trunk_conv starts from the trunk's OUTPUT (not conv_first's): only this
+        # reproduces the release's outputs (tests/archs/test_srflow_arch.py).
         x = self.conv_first(lr)
-        blocks = []
+        stacked = None
+        if self.stacked_blocks:
+            # Written in place rather than concatenated at the end: no second copy at the peak.
+            stacked = x.new_empty(x.shape[0], x.shape[1] * len(self.stacked_blocks), *x.shape[-2:])
+        channels = x.shape[1]
+        slot = 0
         for i, block in enumerate(self.RRDB_trunk):
-            x = block(x)
+            x = block(x) if band_rows is None else apply_in_row_bands(block, x, band_rows, _RRDB_HALO)
             if i in self.stacked_blocks:
-                blocks.append(x)
-        return x + self.trunk_conv(x), (torch.cat(blocks, 1) if blocks else None)
+                stacked[:, slot * channels : (slot + 1) * channels] = x
+                slot += 1
+        return x + self.trunk_conv(x), stacked
 
     def conditionals(
         self, lr: Tensor, factors: Sequence[int], trunk: tuple[Tensor, Tensor | None] | None = None
@@ -178,7 +181,7 @@ class SRFlowRRDB(nn.Module):
         image's under the crop except within one LR pixel of a cut border.
         """
         factors = set(factors)
-        # Every fea_up{2,4,...} is taken AFTER its LeakyReLU (checked against the golden vectors).
+        # Every fea_up{2,4,...} is taken AFTER its LeakyReLU (as the release's outputs require).
         last_lr_fea, stacked = self.trunk(lr) if trunk is None else trunk
         raw: dict[int, Tensor] = {}
         if 0 in factors:
@@ -290,13 +293,6 @@ class CondAffineSeparatedAndCond(nn.Module):
         z = torch.cat((z1, z2 / self._scale(raw) - shift), 1)
         shift, raw = cross_split(self.fFeatures(ft))
         return z / self._scale(raw) - shift
-
-
-class SqueezeLayer(nn.Module):
-    """Space-to-depth by 2 (no parameters; it occupies an index of ``flowUpsamplerNet.layers``)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return squeeze2d(x, 2)
 
 
 class FlowStep(nn.Module):
@@ -502,13 +498,21 @@ def _official_name(arch: Mapping[str, int | None]) -> str | None:
     return official_config_name(arch, official, _OFFICIAL_FIELDS)
 
 
-def _describe(arch: Mapping[str, int | None], extra: Sequence[str]) -> str:
-    return describe_scaled_architecture(arch, (*_CORE_FIELDS, *extra), _official_name(arch))
+def describe_srflow_architecture(arch: Mapping[str, int | None], differ: Sequence[str] = ()) -> str:
+    """ "SRFlow 4X, nb=23, K=16, L=3 (the official DF2K 4X config)": scale, nb, K, L, the other
+    fields where they are in ``differ``, and the released config it matches."""
+    extra = [k for k in _EXTRA_FIELDS if k in differ]
+    return 'SRFlow ' + describe_scaled_architecture(arch, (*_CORE_FIELDS, *extra), _official_name(arch))
+
+
+SRFLOW_CHECKPOINT_FORMAT = CheckpointFormat(
+    family='SRFlow', read_architecture=read_srflow_architecture, describe=describe_srflow_architecture
+)
 
 
 @ARCH_REGISTRY.register()
 class SRFlowNet(ActNormFlowNet):
-    """SRFlow: conditional normalising flow for super-resolution, implementing the FlowSR protocol.
+    """SRFlow: conditional normalising flow for super-resolution, implementing the FlowSRProtocol protocol.
 
     Level l (1..L) of the flow works at HR/2^l (LR * scale / 2^l) and is conditioned on the RRDB
     feature at that resolution (``fea_up{scale/2^l}``; ``fea_up0`` for half the LR size).
@@ -532,6 +536,7 @@ class SRFlowNet(ActNormFlowNet):
     """
 
     family = 'SRFlow'
+    checkpoint_format = SRFLOW_CHECKPOINT_FORMAT
     condition_type = SRFlowCondition
     # The release's dequantisation noise is centred: U(-0.5, 0.5) / quant.
     dequantization_offset = 0.5
@@ -684,9 +689,11 @@ class SRFlowNet(ActNormFlowNet):
     def tile_context(self, lq: Tensor, hr_size: Sequence[int]) -> tuple[Tensor, Tensor | None]:
         """The RRDB trunk of the whole LR, computed once: its receptive field spans hundreds of LR
         pixels, so a tile cuts the whole image's features (exact) instead of recomputing them on
-        its own crop (which no affordable margin makes exact); only the flow runs per tile."""
+        its own crop (which no affordable margin makes exact); only the flow runs per tile. The
+        trunk runs in row bands (:data:`TRUNK_BAND_ROWS`), so only its kept features (320 channels
+        at LR resolution) grow with the image."""
         self._check_lq(lq)
-        return self.RRDB.trunk(lq)
+        return self.RRDB.trunk(lq, band_rows=TRUNK_BAND_ROWS)
 
     def tile_inputs(self, lq: Tensor, context: Any, box: Sequence[int], hr_size: Sequence[int]) -> TileInputs:
         """The LR crop under ``box`` with the conditionals cut from the whole LR's trunk (exact:
@@ -808,13 +815,3 @@ class SRFlowNet(ActNormFlowNet):
         self._check_latents(lq, latents)
         with actnorm_init_disabled():
             return self._run_decode(list(latents), None, self._plain_features(lq))
-
-    # ------------------------------------------------------------------ checkpoints
-    def _read_architecture(self, state_dict: Mapping[str, Tensor]) -> dict[str, int | None]:
-        """Scale (number of upconvs), nb (RRDB_trunk indices), K and L (flow layers) and the
-        channel counts, read from the keys and shapes (see :func:`read_srflow_architecture`)."""
-        return read_srflow_architecture(state_dict)
-
-    def _describe_architecture(self, arch: Mapping[str, int | None], differ: Sequence[str]) -> str:
-        """Scale, nb, K, L, the other fields where they differ, and the official config it matches."""
-        return _describe(arch, [k for k in _EXTRA_FIELDS if k in differ])

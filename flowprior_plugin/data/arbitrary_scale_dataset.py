@@ -1,52 +1,7 @@
-"""Arbitrary-scale SR training data made on the fly from a folder of HR images (LINF / LINF-LP style).
+"""Arbitrary-scale SR data made on the fly from a folder of HR images, as LINF / LINF-LP train and test.
 
-For training, each sample draws a scale ``s ~ U(scale_min, scale_max)``, crops a square HR region of
-``round(lq_size * s)`` pixels, bicubically downsizes the whole crop to ``lq_size x lq_size`` (the LR
-input) and takes a random ``gt_size x gt_size`` HR window inside the crop (the target). With the
-defaults (``lq_size = gt_size = 96``) this is the released LINF-LP recipe: an HR crop of
-``round(96 * s)``, its 96x96 LR, a random 96x96 HR window, flips as augmentation.
-
-Collation (why the LR size, not the HR crop, is fixed): the stock BasicSR ``build_dataloader``
-builds a plain ``torch.utils.data.DataLoader`` with the default collate and its own sampler; it
-takes neither a collate function nor a batch sampler. So every sample has the same tensor shapes
-whatever its scale: ``lq`` is always ``lq_size x lq_size`` and ``gt`` always ``gt_size x gt_size``;
-what varies per sample (the scale, the HR crop size, where the window sits) travels as small
-tensors that the default collate stacks. A batch therefore mixes scales, as in the release, and no
-custom loader, sampler or worker hook is needed.
-
-Geometry returned with each sample (all in the frame of the returned, augmented images):
-
-* ``hr_size``: long tensor ``(H, W)``, the size of the HR crop that ``lq`` was made from. ``lq``
-  covers exactly that crop (the resize maps the crop's extent onto the LR's extent), so an
-  arbitrary-scale flow builds its query coordinates on an ``H x W`` grid over the LR image.
-* ``window``: long tensor ``(top, left)``, where ``gt`` sits in that crop:
-  ``gt == crop[top:top + gt_size, left:left + gt_size]``.
-* ``scale``: float32 scalar tensor. In training the realised scale ``H / lq_size``: the drawn ``s``
-  moved to the nearest whole-pixel crop (at most ``0.5 / lq_size`` away) and kept inside
-  ``[scale_min, scale_max]`` whenever that range holds a whole-pixel crop, so ``lq`` and ``gt``
-  correspond exactly at the returned scale. In validation the requested scale (see below).
-
-Validation / testing (``phase`` 'val' or 'test'): no randomness. The scale is fixed: ``test_scale``
-if given, else ``scale`` (BasicSR's option parser copies the top-level ``scale`` into every dataset,
-so ``test_scale`` is how one validates at another scale than the model's). The whole image is used
-the way LIIF evaluates arbitrary scales: ``h = floor(H_img / s)``, ``w = floor(W_img / s)``, the HR
-is the top-left ``round(h * s) x round(w * s)`` region (BasicSR's ``mod_crop`` also keeps the
-top-left), ``lq`` is its ``h x w`` bicubic resize, ``gt`` is that whole region, ``window`` is
-``(0, 0)``. Per axis the size ratio differs from ``s`` by less than half an HR pixel over the
-image. Images differ in size, so validation runs with batch size 1 (BasicSR's val loader does).
-In training ``scale`` is ignored for the same reason (BasicSR writes the model's scale there);
-train a single scale with ``scale_min == scale_max``.
-
-Paired folders at fixed scales (LR files made beforehand, e.g. DIV2K's or the benchmarks' MATLAB
-bicubic LR) need nothing new: BasicSR's ``PairedImageDataset`` reads them (``dataroot_gt``,
-``dataroot_lq``, ``io_backend``, ``phase: val``).
-
-Randomness comes from a ``numpy.random.Generator`` per process, seeded from ``torch.initial_seed()``
-of that process. In a DataLoader worker that is ``base_seed + worker_id``, where the loader draws
-``base_seed`` from torch's RNG every epoch; in the main process (``num_worker_per_gpu: 0``) it is the
-seed BasicSR's ``manual_seed`` option sets. So runs are reproducible given the seed, workers differ
-from each other, and epochs differ from each other, without relying on BasicSR's ``worker_init_fn``
-(which only seeds ``random`` and ``numpy`` globals and only when a seed is passed).
+Paired folders at fixed scales (LR files made beforehand, e.g. DIV2K's MATLAB-bicubic LR) need
+nothing from here: BasicSR's ``PairedImageDataset`` reads them.
 """
 
 from __future__ import annotations
@@ -120,7 +75,29 @@ def _to_float(img: np.ndarray) -> np.ndarray:
 
 @DATASET_REGISTRY.register()
 class ArbitraryScaleSRDataset(data.Dataset):
-    """Random-scale LR/HR pairs made on the fly from HR images; see the module docstring.
+    """Random-scale LR/HR pairs made on the fly from HR images.
+
+    Training: each sample draws a scale ``s ~ U(scale_min, scale_max)``, crops a square HR region of
+    ``round(lq_size * s)`` pixels, bicubically resizes the whole crop to ``lq_size x lq_size`` (the
+    LR input) and takes a random ``gt_size x gt_size`` window inside the crop (the target). The
+    defaults are the released LINF-LP recipe: LR 96, window 96, all 8 flips / rotations. A batch
+    mixes scales. ``scale`` is ignored in training (BasicSR writes the model's scale there): train a
+    single scale with ``scale_min == scale_max``.
+
+    Validation / testing (``phase`` 'val' or 'test'): no randomness, the fixed scale ``test_scale``
+    (else ``scale``: BasicSR copies the top-level ``scale`` into every dataset, so ``test_scale`` is
+    how one validates at another scale), the whole image as LIIF evaluates arbitrary scales:
+    ``h = floor(H_img / s)``, ``w = floor(W_img / s)``, the HR is the top-left
+    ``round(h * s) x round(w * s)`` region (as BasicSR's ``mod_crop`` keeps the top-left), ``lq`` its
+    ``h x w`` bicubic resize, ``gt`` that whole region. Per axis the size ratio differs from ``s`` by
+    less than half an HR pixel over the image. Images differ in size: batch size 1.
+
+    Besides ``lq`` and ``gt`` each sample carries its geometry, in the frame of the returned
+    (augmented) images: ``hr_size``, the (H, W) of the HR crop ``lq`` covers exactly (an
+    arbitrary-scale flow builds its query grid over the LR on it); ``window``, the (top, left) of
+    ``gt`` in that crop; ``scale``, in training the realised ``H / lq_size`` (the drawn ``s`` moved to
+    a whole-pixel crop, at most ``0.5 / lq_size`` away, and kept inside ``[scale_min, scale_max]``
+    when that range holds one), in validation the requested scale.
 
     Args:
         opt: Dataset options (the whole dict BasicSR's ``build_dataset`` passes):
@@ -245,6 +222,8 @@ class ArbitraryScaleSRDataset(data.Dataset):
             scale, window, gt = self.test_scale, (0, 0), crop
         lq = self._resize(crop, lq_h, lq_w)
         lq_t, gt_t = img2tensor([lq, _to_float(gt)], bgr2rgb=True, float32=True)
+        # Fixed shapes, per-sample geometry as small tensors: BasicSR's build_dataloader takes no
+        # collate function or batch sampler, so a batch mixing scales must collate by default.
         return {
             'lq': lq_t,
             'gt': gt_t,
@@ -259,7 +238,13 @@ class ArbitraryScaleSRDataset(data.Dataset):
         return self._crop_lo if self._crop_lo <= self._crop_hi else round(self.lq_size * self.scale_min)
 
     def _generator(self) -> np.random.Generator:
-        """The generator of this process, made on first use (a worker gets its own, see module doc)."""
+        """The generator of this process, made on first use from ``torch.initial_seed()``.
+
+        In a DataLoader worker that seed is ``base_seed + worker_id`` with ``base_seed`` drawn from
+        torch's RNG every epoch; in the main process (``num_worker_per_gpu: 0``) it is BasicSR's
+        ``manual_seed``. Runs are reproducible given the seed while workers and epochs differ, without
+        BasicSR's ``worker_init_fn`` (which seeds only ``random`` and ``numpy``, and only given a seed).
+        """
         info = data.get_worker_info()
         owner = (os.getpid(), info.id if info is not None else -1)
         # A worker receives a copy of the dataset; a generator copied from the parent would repeat

@@ -1,19 +1,8 @@
 """Latent generators: the trunk of the learned prior that fuses the encoded inputs.
 
-Each generator is an ``nn.Module(in_channels, out_channels, **options)`` that maps
-(B, in_channels, H, W) to (B, out_channels, H, W) for any H, W >= 1. They live in a registry of
-their own (not BasicSR's ``ARCH_REGISTRY``) so that short names such as ``UNet`` never collide
-with another package's networks. An option file names one inside the prior network's options::
-
-    network_g:
-      type: LatentPriorNet
-      generator: {type: UNet, depth: 3, width: 64}
-
-Each generator class also has ``default_out_channels(**options)``: the width of its output
-features when the prior network lets it choose (the prior's 1x1 head follows it), and
-``min_training_grid`` / ``min_grid_option``: the smallest latent grid side it learns from more
-than borders, and the option that lowers it (the learned-prior model warns when training crops
-give smaller grids).
+Each is an ``nn.Module(in_channels, out_channels, **options)`` mapping (B, in_channels, H, W) to
+(B, out_channels, H, W) for any H, W >= 1, named in the prior's options
+(``generator: {type: UNet, depth: 3, width: 64}``).
 """
 
 from __future__ import annotations
@@ -26,6 +15,12 @@ from torch import nn
 
 from flowprior_plugin.errors import OptionError
 
+# A registry of their own, not BasicSR's ARCH_REGISTRY, so that short names such as UNet never
+# collide with another package's networks. Besides its constructor, each class has
+# default_out_channels(**options) (its output width when the prior network lets it choose; the
+# prior's 1x1 head follows it) and min_training_grid / min_grid_option (the smallest latent grid
+# side it learns from more than borders, and the option that lowers it: the learned-prior model
+# warns when training crops give smaller grids).
 GENERATOR_REGISTRY = Registry('latent_generator')
 
 # Imported after the registry exists: each module registers its classes into it.

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
+from basicsr.archs.arch_util import ResidualBlockNoBN
 from torch import Tensor, nn
 
 from flowprior_plugin.generators import GENERATOR_REGISTRY
-
-
-class _ResBlock(nn.Module):
-    """conv 3x3 -> ReLU -> conv 3x3, scaled and added to the input (no normalisation, as EDSR)."""
-
-    def __init__(self, width: int, res_scale: float) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.act = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-        self.res_scale = res_scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.res_scale * self.conv2(self.act(self.conv1(x)))
 
 
 @GENERATOR_REGISTRY.register()
@@ -61,7 +48,10 @@ class EDSRBaseline(nn.Module):
             )
         self.plain = plain
         self.head = nn.Identity() if plain else nn.Conv2d(in_channels, width, 3, padding=1)
-        self.blocks = nn.Sequential(*(_ResBlock(width, res_scale) for _ in range(num_blocks)))
+        # BasicSR's block (keys conv1, conv2) with PyTorch's default init, as these blocks always had.
+        self.blocks = nn.Sequential(
+            *(ResidualBlockNoBN(width, res_scale, pytorch_init=True) for _ in range(num_blocks))
+        )
         self.body = nn.Identity() if plain else nn.Conv2d(width, width, 3, padding=1)
         self.tail = nn.Identity() if plain else nn.Conv2d(width, out_channels, 3, padding=1)
 

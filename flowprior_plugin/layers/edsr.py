@@ -72,8 +72,8 @@ class EDSRBaselineEncoder(nn.Module):
 
     The mean-shift convolutions ``sub_mean``/``add_mean`` are kept so that released checkpoints
     load with ``strict=True``, but they are not applied: LINF feeds the encoder images already
-    normalised to [-1, 1] (settled by LINF's golden vectors, which only an encoder without the
-    mean shift reproduces).
+    normalised to [-1, 1] (only an encoder without the mean shift reproduces the outputs of LINF's
+    released code).
 
     Args:
         in_nc (int): Input channels. Default: 3.

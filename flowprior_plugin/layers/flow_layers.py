@@ -15,6 +15,7 @@ from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 LOG_2PI = math.log(2 * math.pi)
@@ -151,23 +152,25 @@ class InvertibleConv1x1(nn.Module):
 
 def squeeze2d(x: Tensor, factor: int = 2) -> Tensor:
     """(B, C, H, W) -> (B, C*f*f, H/f, W/f); output channel ``c*f*f + dy*f + dx`` (4c+2dy+dx at f=2)."""
-    b, c, h, w = x.shape
-    if h % factor or w % factor:
+    if x.shape[-2] % factor or x.shape[-1] % factor:
         raise ValueError(f'squeeze2d needs sides divisible by {factor}, got a tensor of shape {tuple(x.shape)}')
-    x = x.view(b, c, h // factor, factor, w // factor, factor)
-    x = x.permute(0, 1, 3, 5, 2, 4)
-    return x.reshape(b, c * factor * factor, h // factor, w // factor)
+    return rearrange(x, 'b c (h dy) (w dx) -> b (c dy dx) h w', dy=factor, dx=factor)
 
 
 def unsqueeze2d(x: Tensor, factor: int = 2) -> Tensor:
     """Exact inverse of :func:`squeeze2d`."""
-    b, c, h, w = x.shape
     f2 = factor * factor
-    if c % f2:
+    if x.shape[1] % f2:
         raise ValueError(f'unsqueeze2d needs channels divisible by {f2}, got a tensor of shape {tuple(x.shape)}')
-    x = x.view(b, c // f2, factor, factor, h, w)
-    x = x.permute(0, 1, 4, 2, 5, 3)
-    return x.reshape(b, c // f2, h * factor, w * factor)
+    return rearrange(x, 'b (c dy dx) h w -> b c (h dy) (w dx)', dy=factor, dx=factor)
+
+
+class SqueezeLayer(nn.Module):
+    """Space-to-depth by 2 as a layer (:func:`squeeze2d`): no parameters, but it occupies an index
+    of the released flows' ``layers`` lists (SRFlow, HCFlow), so their keys count it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return squeeze2d(x, 2)
 
 
 class Conv2dZeros(nn.Module):

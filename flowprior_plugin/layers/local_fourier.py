@@ -43,8 +43,8 @@ def make_coord(
         dtype: dtype of the result. Default: None (torch's default dtype).
         device: Device of the result. Default: None.
         float32_grid: Compute the centres in float32 and cast to ``dtype``, as LINF's release does
-            (its coordinate grids are float32 even when the network runs in float64; LINF's golden
-            vectors are reproduced to 1e-15 only this way). False computes them in ``dtype``.
+            (its coordinate grids are float32 even when the network runs in float64; the outputs of
+            LINF's released code are reproduced to 1e-15 only this way). False computes them in ``dtype``.
             Default: True.
     """
     return window_coord(shape, [0] * len(shape), shape, dtype=dtype, device=device, float32_grid=float32_grid)
@@ -99,7 +99,7 @@ def local_fourier_features(
     Args:
         coef: Amplitude map (B, C, h, w).
         freq: Frequency map (B, C, h, w); its first C/2 channels pair with the row offset, the
-            last C/2 with the column offset (the contiguous split; settled by LINF's golden vectors).
+            last C/2 with the column offset (the contiguous split, as the outputs of LINF's release require).
         coord: Query coordinates (B, N, 2), ``(row, col)`` in [-1, 1].
         cell: Size of one output pixel (B, 2) in the same units (``2 / H, 2 / W``).
         phase: Map from the relative cell (B, 2) to a phase (B, C/2), e.g. a bias-free linear layer.

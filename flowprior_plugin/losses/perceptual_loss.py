@@ -1,35 +1,17 @@
-"""BasicSR's PerceptualLoss with explicit, offline-safe VGG weight loading.
+"""BasicSR's PerceptualLoss (VGG features, optional style loss) on a VGG built from torchvision.
 
-BasicSR 1.4.2's ``VGGFeatureExtractor`` gets its VGG like this: if the file
-``VGG_PRETRAIN_PATH`` (experiments/pretrained_models/vgg19-dcbb9e9d.pth, relative to the working
-directory) exists, ``torchvision.models.vgg.<type>(pretrained=False)`` plus that file; otherwise
-``<type>(pretrained=True)``, which downloads into the torch hub cache. With torchvision 0.29 that
-still works, but only through torchvision's deprecated ``pretrained=`` shim (two UserWarnings per
-build), it builds the whole classifier (about 120M parameters the loss never uses), a failed
-download surfaces as a bare ``URLError``, and the vgg19-only file is loaded into any ``vgg_type``
-(a vgg16 loss crashes when that file is present). There is also no way to name a weights file or
-to build a random VGG for tests.
-
-``VGGPerceptualLoss`` keeps BasicSR's feature extractor, loss and forward, and replaces only where
-the VGG trunk comes from: during construction it swaps ``basicsr.archs.vgg_arch``'s reference to
-torchvision's VGG module for a stand-in that returns a trunk built and filled by us (see
-``_basicsr_vgg_source``). Routes:
-
-- default: BasicSR's own lookup order: ``VGG_PRETRAIN_PATH`` (vgg19 only), else the torch hub
-  cache, else torchvision's download (the same file and URL as ``pretrained=True``). Absent and
-  not downloadable: ``MissingWeightsError`` saying where to put the file.
-- ``weights_path``: a local torchvision VGG state dict (full, or only its ``features.*`` keys).
-- ``random_weights_for_tests``: a randomly initialised VGG (fixed seed), for tests only.
+Compatible with BasicSR 1.4.2's ``PerceptualLoss``: the same options, layer names
+(``basicsr.archs.vgg_arch.NAMES``), input normalisation and loss value (its ``forward`` is
+inherited). Only the VGG's ``features`` are built (no classifier), filled by
+:mod:`flowprior_plugin.pretrained_weights` (``weights_path``, else BasicSR's ``VGG_PRETRAIN_PATH``,
+the torch hub cache, torchvision's download) or randomly for tests (``random_weights_for_tests``),
+and read out with torchvision's ``create_feature_extractor``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
 from basicsr.archs import vgg_arch
@@ -37,7 +19,8 @@ from basicsr.losses.basic_loss import PerceptualLoss
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
+from flowprior_plugin.errors import OptionError
+from flowprior_plugin.pretrained_weights import existing_weights_path, load_backbone_state, load_pretrained_state
 
 # A child of BasicSR's logger: warnings reach BasicSR's log file without initialising it here.
 logger = logging.getLogger(f'basicsr.{__name__}')
@@ -48,16 +31,38 @@ _CRITERIA = ('l1', 'l2', 'fro')
 _DEFAULT_LAYER_WEIGHTS = {'conv5_4': 1.0}
 # Fixed seed for the random VGG: reproducible test values, and fork_rng keeps the caller's stream.
 _RANDOM_WEIGHTS_SEED = 0
+# ImageNet statistics of torchvision's VGG weights, for inputs in [0, 1] (BasicSR's use_input_norm).
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Construction patches module globals of basicsr.archs.vgg_arch; serialise it across threads.
-_PATCH_LOCK = threading.Lock()
+
+def vgg_layer_names(vgg_type: str) -> list[str]:
+    """BasicSR's names of the layers of a torchvision VGG's ``features``, in order.
+
+    Args:
+        vgg_type (str): 'vgg11', 'vgg13', 'vgg16', 'vgg19', or one of them with '_bn'.
+
+    Returns:
+        list[str]: e.g. ['conv1_1', 'relu1_1', 'conv1_2', ...]; name i is ``features[i]``.
+
+    Raises:
+        OptionError: Unknown ``vgg_type``.
+    """
+    base_type = vgg_type.replace('_bn', '')
+    if base_type not in _VGG_CONFIGS or vgg_type not in (base_type, f'{base_type}_bn'):
+        raise OptionError(
+            f'VGGPerceptualLoss: unknown vgg_type {vgg_type!r}; use one of {sorted(_VGG_CONFIGS)} '
+            "(optionally with '_bn')"
+        )
+    names = vgg_arch.NAMES[base_type]
+    return vgg_arch.insert_bn(names) if vgg_type.endswith('_bn') else list(names)
 
 
 class _VGGTrunk(nn.Module):
     """Only the ``features`` part of a torchvision VGG, with torchvision's parameter names.
 
-    BasicSR uses nothing but ``.features``; skipping the classifier saves about 120M parameters
-    (0.5 GB and seconds of random initialisation) per build.
+    The classifier is never used by the loss; skipping it saves about 120M parameters (0.5 GB and
+    seconds of random initialisation) per build.
     """
 
     def __init__(self, vgg_type: str) -> None:
@@ -66,152 +71,108 @@ class _VGGTrunk(nn.Module):
 
         config = tv_vgg.cfgs[_VGG_CONFIGS[vgg_type.replace('_bn', '')]]
         self.features = tv_vgg.make_layers(config, batch_norm=vgg_type.endswith('_bn'))
+        for module in self.features:
+            if isinstance(module, nn.ReLU):
+                # torchvision's ReLUs work in place and would overwrite a returned conv/bn output
+                # (BasicSR clones each output for the same reason).
+                module.inplace = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def init_like_torchvision(self) -> None:
+        """torchvision's VGG initialisation (make_layers alone keeps PyTorch's defaults), so that
+        random features keep a sensible scale through 16 conv layers."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
 
-class _TorchvisionVGGStandIn:
-    """Answers BasicSR's ``getattr(vgg, vgg_type)(pretrained=...)`` with our own trunk."""
-
-    def __init__(self, build: Callable[[str], nn.Module]) -> None:
-        self._build = build
-
-    def __getattr__(self, vgg_type: str) -> Callable[..., nn.Module]:
-        if vgg_type.startswith('_'):  # not a VGG builder (e.g. copy/pickle probing dunders)
-            raise AttributeError(vgg_type)
-
-        def builder(pretrained: bool = True, **kwargs: Any) -> nn.Module:
-            return self._build(vgg_type)
-
-        return builder
-
-
-@contextlib.contextmanager
-def _basicsr_vgg_source(build: Callable[[str], nn.Module]) -> Iterator[None]:
-    """Make BasicSR's VGGFeatureExtractor take its VGG from ``build`` while the block runs.
-
-    ``VGG_PRETRAIN_PATH`` is set to '' (never exists) so BasicSR takes its ``pretrained=True``
-    branch and loads nothing itself; ``vgg`` (torchvision's module) becomes a stand-in whose
-    builders call ``build``. Both globals are restored afterwards, even on errors.
-    """
-    with _PATCH_LOCK:
-        saved = vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH
-        vgg_arch.vgg = _TorchvisionVGGStandIn(build)
-        vgg_arch.VGG_PRETRAIN_PATH = ''
-        try:
-            yield
-        finally:
-            vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = saved
-
-
-def _torchvision_weights(vgg_type: str) -> Any:
-    """The weights torchvision's ``<vgg_type>(pretrained=True)`` loads (IMAGENET1K_V1)."""
-    import torchvision
-
-    return torchvision.models.get_model_weights(vgg_type).IMAGENET1K_V1
-
-
-def vgg_hub_cache_path(vgg_type: str = 'vgg19') -> str:
-    """Where torchvision keeps (and downloads) a VGG's ImageNet weights: ``<torch hub>/checkpoints/``.
+class VGGFeatures(nn.Module):
+    """Frozen VGG features under BasicSR's layer names (what BasicSR's ``VGGFeatureExtractor`` returns).
 
     Args:
-        vgg_type (str): e.g. 'vgg19'. Default: 'vgg19'.
-
-    Returns:
-        str: Absolute path of the cached file (it may not exist); follows ``$TORCH_HOME``.
+        trunk (nn.Module): A module whose ``features`` is a torchvision VGG's ``features``.
+        layer_name_list (Iterable[str]): BasicSR layer names to return, e.g. ['conv5_4'].
+        vgg_type (str): The trunk's VGG type, for the layer names. Default: 'vgg19'.
+        use_input_norm (bool): Normalise inputs in [0, 1] with the ImageNet mean and std. Default: True.
+        range_norm (bool): Map inputs from [-1, 1] to [0, 1] first. Default: False.
     """
-    filename = os.path.basename(_torchvision_weights(vgg_type).url)
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
 
+    def __init__(
+        self,
+        trunk: nn.Module,
+        layer_name_list: Iterable[str],
+        vgg_type: str = 'vgg19',
+        use_input_norm: bool = True,
+        range_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
 
-def _load_trunk_state(trunk: _VGGTrunk, state: Mapping[str, torch.Tensor], source: str, vgg_type: str) -> None:
-    """Load the ``features.*`` entries of a torchvision VGG state dict; other keys are ignored."""
-    expected = trunk.state_dict()
-    missing = [k for k in expected if k not in state]
-    wrong = [
-        f'{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})'
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or wrong:
-        raise CheckpointMismatchError(
-            f'{source} is not a torchvision {vgg_type} state dict: missing keys {missing[:5]}'
-            f'{" ..." if len(missing) > 5 else ""}, wrong shapes {wrong[:5]}{" ..." if len(wrong) > 5 else ""}'
+        self.names = vgg_layer_names(vgg_type)
+        self.layer_name_list = sorted(layer_name_list, key=self.names.index)
+        self.use_input_norm = use_input_norm
+        self.range_norm = range_norm
+        # The graph keeps the layers up to the last requested one and returns the requested outputs
+        # in network order, the order BasicSR sums the per-layer losses in.
+        self.vgg_net = create_feature_extractor(
+            trunk, {f'features.{self.names.index(name)}': name for name in self.layer_name_list}
         )
-    trunk.load_state_dict({k: state[k] for k in expected})
+        if use_input_norm:
+            self.register_buffer('mean', torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer('std', torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def layer(self, name: str) -> nn.Module:
+        """The trunk's layer called ``name`` (e.g. 'conv5_4'), if the graph kept it.
+
+        Args:
+            name (str): A BasicSR layer name.
+
+        Returns:
+            nn.Module: The layer (``features[i]`` of the torchvision VGG).
+        """
+        return self.vgg_net.get_submodule(f'features.{self.names.index(name)}')
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of ``x``.
+
+        Args:
+            x (Tensor): (n, 3, h, w) RGB in [0, 1] (in [-1, 1] with ``range_norm``).
+
+        Returns:
+            dict[str, Tensor]: Layer name -> its output, in network order.
+        """
+        if self.range_norm:
+            x = (x + 1) / 2
+        if self.use_input_norm:
+            x = (x - self.mean) / self.std
+        return self.vgg_net(x)
 
 
-def _read_state_file(path: str) -> Mapping[str, torch.Tensor]:
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-        state = state['state_dict']
-    return state
-
-
-def _missing_default_weights(vgg_type: str, basicsr_path: str | None, error: Exception) -> MissingWeightsError:
-    weights = _torchvision_weights(vgg_type)
-    filename = os.path.basename(weights.url)
-    places = f'{vgg_hub_cache_path(vgg_type)} (the torch hub cache; $TORCH_HOME moves it)'
-    if basicsr_path is not None:
-        places = (
-            f"{os.path.abspath(basicsr_path)} (BasicSR's VGG_PRETRAIN_PATH, relative to the working "
-            f'directory) or at {places}'
-        )
-    return MissingWeightsError(
-        f'VGGPerceptualLoss needs the ImageNet {vgg_type} weights {filename}, which are not on this machine '
-        f'and could not be downloaded ({error}). Put the file at {places}, or set '
-        f'weights_path: /path/to/{filename} in the loss options (download: {weights.url})'
-    )
-
-
-def _init_like_torchvision(trunk: _VGGTrunk) -> None:
-    """torchvision's VGG initialisation (make_layers alone keeps PyTorch's defaults), so that random
-    features keep a sensible scale through 16 conv layers."""
-    for module in trunk.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-def _build_trunk(vgg_type: str, weights_path: str | None, random_weights: bool, basicsr_path: str | None) -> _VGGTrunk:
-    """Build the VGG trunk from the chosen source.
-
-    ``basicsr_path`` is BasicSR's VGG_PRETRAIN_PATH as it was before construction patched it.
-    """
+def _build_trunk(vgg_type: str, weights_path: str | None, random_weights: bool) -> _VGGTrunk:
     if random_weights:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_WEIGHTS_SEED)
             trunk = _VGGTrunk(vgg_type)
-            _init_like_torchvision(trunk)
+            trunk.init_like_torchvision()
         logger.warning(
             'VGGPerceptualLoss uses a RANDOM %s (random_weights_for_tests=True): the perceptual loss is '
             'meaningless, for tests only',
             vgg_type,
         )
         return trunk
-
     trunk = _VGGTrunk(vgg_type)
-    if weights_path is not None:
-        _load_trunk_state(trunk, _read_state_file(weights_path), weights_path, vgg_type)
-        return trunk
-
-    # BasicSR's own order: its fixed path first. That file is VGG19's, so only vgg19 looks there
-    # (BasicSR would load it into any vgg_type and crash).
-    basicsr_path = basicsr_path if vgg_type == 'vgg19' else None
-    if basicsr_path and os.path.isfile(basicsr_path):
-        _load_trunk_state(trunk, _read_state_file(basicsr_path), basicsr_path, vgg_type)
-        return trunk
-    cached = vgg_hub_cache_path(vgg_type)
-    was_cached = os.path.isfile(cached)
-    try:
-        # The same call torchvision's pretrained=True makes: hub cache, else download there.
-        state = _torchvision_weights(vgg_type).get_state_dict(progress=True, check_hash=True)
-    except Exception as error:  # the download's failure modes vary (URLError, timeouts, hash)
-        if was_cached or os.path.isfile(cached):
-            raise
-        raise _missing_default_weights(vgg_type, basicsr_path, error) from error
-    _load_trunk_state(trunk, state, cached, vgg_type)
+    state, source = load_pretrained_state(
+        vgg_type, weights_path, user='VGGPerceptualLoss', option_place='in the loss options'
+    )
+    load_backbone_state(trunk, state, source, vgg_type)
     return trunk
 
 
@@ -257,16 +218,12 @@ class VGGPerceptualLoss(PerceptualLoss):
         weights_path: str | None = None,
         random_weights_for_tests: bool = False,
     ) -> None:
+        # PerceptualLoss.__init__ is skipped on purpose: it would build BasicSR's own
+        # VGGFeatureExtractor (its weight lookup, the whole VGG). Only forward and _gram_mat are
+        # inherited; they read the attributes set below.
+        nn.Module.__init__(self)
         layer_weights = dict(_DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
-        base_type = vgg_type.replace('_bn', '')
-        if base_type not in _VGG_CONFIGS or vgg_type not in (base_type, f'{base_type}_bn'):
-            raise OptionError(
-                f'VGGPerceptualLoss: unknown vgg_type {vgg_type!r}; use one of {sorted(_VGG_CONFIGS)} '
-                "(optionally with '_bn')"
-            )
-        names = vgg_arch.NAMES[base_type]
-        if vgg_type.endswith('_bn'):
-            names = vgg_arch.insert_bn(names)
+        names = vgg_layer_names(vgg_type)
         unknown = [name for name in layer_weights if name not in names]
         if not layer_weights or unknown:
             raise OptionError(
@@ -278,36 +235,22 @@ class VGGPerceptualLoss(PerceptualLoss):
         if weights_path is not None and random_weights_for_tests:
             raise OptionError('VGGPerceptualLoss: give either weights_path or random_weights_for_tests, not both')
         if weights_path is not None:
-            weights_path = os.path.expanduser(str(weights_path))
-            if not os.path.isfile(weights_path):
-                raise MissingWeightsError(
-                    f'VGGPerceptualLoss weights_path {os.path.abspath(weights_path)} does not exist: it should be '
-                    f'a torchvision {vgg_type} state dict such as '
-                    f'{os.path.basename(_torchvision_weights(vgg_type).url)}'
-                )
+            weights_path = existing_weights_path(vgg_type, weights_path, 'VGGPerceptualLoss')
 
-        # Read before _basicsr_vgg_source blanks it; the current value is used, so a project that
-        # reassigns vgg_arch.VGG_PRETRAIN_PATH is respected as BasicSR would.
-        basicsr_path = vgg_arch.VGG_PRETRAIN_PATH
-
-        def build(requested_type: str) -> nn.Module:
-            return _build_trunk(requested_type, weights_path, random_weights_for_tests, basicsr_path)
-
-        with _basicsr_vgg_source(build):
-            # 'l2' is passed to BasicSR as 'l1' because its l2 branch calls the nonexistent
-            # torch.nn.L2loss; the criterion is replaced by the intended MSE just below.
-            super().__init__(
-                layer_weights=layer_weights,
-                vgg_type=vgg_type,
-                use_input_norm=use_input_norm,
-                range_norm=range_norm,
-                perceptual_weight=perceptual_weight,
-                style_weight=style_weight,
-                criterion='l1' if criterion == 'l2' else criterion,
-            )
-        if criterion == 'l2':
-            self.criterion_type = 'l2'
-            self.criterion = nn.MSELoss()
+        self.perceptual_weight = perceptual_weight
+        self.style_weight = style_weight
+        self.layer_weights = layer_weights
+        self.vgg = VGGFeatures(
+            _build_trunk(vgg_type, weights_path, random_weights_for_tests),
+            layer_weights,
+            vgg_type=vgg_type,
+            use_input_norm=use_input_norm,
+            range_norm=range_norm,
+        )
+        self.criterion_type = criterion
+        # 'l2' is the intended mean squared error (BasicSR 1.4.2 calls the nonexistent torch.nn.L2loss);
+        # 'fro' is computed in forward with torch.norm.
+        self.criterion = {'l1': nn.L1Loss(), 'l2': nn.MSELoss(), 'fro': None}[criterion]
         self.weights_path = weights_path
         self.random_weights_for_tests = random_weights_for_tests
 

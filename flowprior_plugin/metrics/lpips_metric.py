@@ -1,20 +1,8 @@
 """LPIPS (Zhang et al. 2018) as a BasicSR metric, with explicit behaviour when weights are offline.
 
-BasicSR never merged an LPIPS metric; the learned-prior paper reports LPIPS with the AlexNet
-backbone on images in [-1, 1]. The ``lpips`` package ships only its small linear heads; the
-backbone (torchvision's ImageNet AlexNet / VGG16 / SqueezeNet) is downloaded by torchvision into
-the torch hub cache on first use. This module offers three explicit routes:
-
-- default: the real ``lpips`` route; the backbone comes from the torch hub cache, or is downloaded
-  there (users with internet). If it is absent and the download fails, ``MissingWeightsError``
-  says which file to put where.
-- ``weights_path``: a local torchvision backbone file (e.g. ``alexnet-owt-7be5be79.pth``), loaded
-  into the backbone; the linear heads still come from the ``lpips`` package. No network.
-- ``random_backbone_for_tests``: a randomly initialised backbone (deterministic seed); for tests
-  only, the score is meaningless and a warning is logged. Never the default.
-
-Networks are cached per (net, weights source, device) in ``_NETWORK_CACHE`` so that validation does
-not rebuild one per image.
+The learned-prior paper reports LPIPS with the AlexNet backbone on images in [-1, 1]. The ``lpips``
+package ships only its linear heads; the ImageNet backbone comes from the torch hub cache, a local
+file or a download (:mod:`flowprior_plugin.pretrained_weights`, :func:`get_lpips_network`).
 """
 
 from __future__ import annotations
@@ -29,7 +17,16 @@ import torch
 from basicsr.metrics.metric_util import reorder_image
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
+from flowprior_plugin.errors import OptionError
+from flowprior_plugin.pretrained_weights import (
+    existing_weights_path,
+    hub_cache_path,
+    load_backbone_state,
+    load_pretrained_state,
+    local_weights_file,
+    missing_weights_error,
+    weights_url,
+)
 
 # A child of BasicSR's logger, so warnings land in BasicSR's log file during training without
 # initialising that logger here (get_root_logger would freeze it before BasicSR adds its file).
@@ -42,7 +39,10 @@ _TORCHVISION_BUILDERS = {'alex': 'alexnet', 'vgg': 'vgg16', 'vgg16': 'vgg16', 's
 # Seed for the random backbone: a fixed seed makes test scores reproducible, and building it inside
 # fork_rng leaves the caller's random stream (e.g. a training run) untouched.
 _RANDOM_BACKBONE_SEED = 0
+# Where a user sets ``weights_path`` (for messages).
+_OPTION_PLACE = 'in the LPIPS metric options'
 
+# Per (net, weights source, device), so that validation does not rebuild a network per image.
 _NETWORK_CACHE: dict[tuple[str, str, str], torch.nn.Module] = {}
 
 
@@ -61,10 +61,7 @@ def backbone_weights_url(net: str = 'alex') -> str:
     Returns:
         str: e.g. https://download.pytorch.org/models/alexnet-owt-7be5be79.pth
     """
-    import torchvision
-
-    builder = _check_net(net)
-    return torchvision.models.get_model_weights(builder).IMAGENET1K_V1.url
+    return weights_url(_check_net(net))
 
 
 def backbone_hub_cache_path(net: str = 'alex') -> str:
@@ -78,17 +75,7 @@ def backbone_hub_cache_path(net: str = 'alex') -> str:
     Returns:
         str: The absolute path of the cached backbone file (it may not exist).
     """
-    filename = os.path.basename(backbone_weights_url(net))
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
-
-
-def _missing_message(net: str, reason: str) -> str:
-    filename = os.path.basename(backbone_weights_url(net))
-    return (
-        f'LPIPS ({net}) needs the ImageNet backbone {filename}: {reason}. Put the file at '
-        f'{backbone_hub_cache_path(net)} (the torch hub cache; $TORCH_HOME moves it), or pass '
-        f'weights_path: /path/to/{filename} to the LPIPS metric (download: {backbone_weights_url(net)})'
-    )
+    return hub_cache_path(_check_net(net))
 
 
 def lpips_available(net: str = 'alex', weights_path: str | None = None) -> tuple[bool, str]:
@@ -108,7 +95,7 @@ def lpips_available(net: str = 'alex', weights_path: str | None = None) -> tuple
     """
     import lpips
 
-    _check_net(net)
+    arch = _check_net(net)
     heads = os.path.join(os.path.dirname(lpips.__file__), 'weights', 'v0.1', f'{net}.pth')
     if not os.path.isfile(heads):
         return False, f'the lpips package lacks its linear heads file {heads} (reinstall lpips)'
@@ -116,67 +103,44 @@ def lpips_available(net: str = 'alex', weights_path: str | None = None) -> tuple
         if os.path.isfile(weights_path):
             return True, f'LPIPS ({net}) backbone from weights_path {weights_path}'
         return False, f'LPIPS weights_path {weights_path} does not exist'
-    cached = backbone_hub_cache_path(net)
-    if os.path.isfile(cached):
-        return True, f'LPIPS ({net}) backbone from the torch hub cache {cached}'
-    return False, _missing_message(net, 'it is not in the torch hub cache (a download would be needed)')
+    local = local_weights_file(arch)
+    if local is not None:
+        return True, f'LPIPS ({net}) backbone from the torch hub cache {local}'
+    return False, str(missing_weights_error(arch, f'LPIPS ({net})', _OPTION_PLACE, 'and would have to be downloaded'))
 
 
-def _load_backbone_file(model: torch.nn.Module, net: str, weights_path: str) -> None:
-    """Copy a torchvision backbone state dict (``features.<i>.*``) into lpips' sliced backbone.
-
-    lpips splits ``torchvision_model.features`` into ``slice<k>`` Sequentials but keeps each
-    layer's index as its name, so ``net.slice<k>.<i>.<rest>`` is torchvision's ``features.<i>.<rest>``.
-    """
-    state = torch.load(weights_path, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and 'state_dict' in state and isinstance(state['state_dict'], dict):
-        state = state['state_dict']
-    wanted = {}
-    for name, tensor in model.net.state_dict().items():
-        _, rest = name.split('.', 1)  # drop 'slice<k>'
-        wanted[name] = (f'features.{rest}', tensor.shape)
-    missing = [key for key, _ in wanted.values() if key not in state]
-    wrong = [
-        f'{key} {tuple(state[key].shape)} (expected {tuple(shape)})'
-        for key, shape in wanted.values()
-        if key in state and state[key].shape != shape
-    ]
-    if missing or wrong:
-        raise CheckpointMismatchError(
-            f'{weights_path} is not a torchvision {_TORCHVISION_BUILDERS[net]} state dict for LPIPS net '
-            f'{net!r}: missing keys {missing[:5]}{" ..." if len(missing) > 5 else ""}, '
-            f'wrong shapes {wrong[:5]}{" ..." if len(wrong) > 5 else ""}'
-        )
-    model.net.load_state_dict({name: state[key] for name, (key, _) in wanted.items()})
-
-
-def _build_lpips(net: str, weights_path: str | None, random_backbone: bool) -> torch.nn.Module:
+def _build_lpips(net: str, weights_path: str | None, random_backbone: bool, allow_download: bool) -> torch.nn.Module:
+    """``lpips.LPIPS`` with its packaged linear heads and the backbone from ``pretrained_weights``
+    (or random); lpips itself never downloads."""
     import lpips
 
+    arch = _check_net(net)
     with warnings.catch_warnings():
         # lpips calls torchvision's deprecated `pretrained=` interface; torchvision 0.29 still maps
         # it to `weights=` and warns on every build, which says nothing useful to our users.
         warnings.filterwarnings('ignore', message=r".*'pretrained' is deprecated.*", category=UserWarning)
         warnings.filterwarnings('ignore', message=r'Arguments other than a weight enum.*', category=UserWarning)
-        if random_backbone or weights_path is not None:
-            # pnet_rand=True: torchvision builds the backbone with weights=None (no network); lpips
-            # still loads its packaged linear heads from disk.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_RANDOM_BACKBONE_SEED)
-                model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-            if weights_path is not None:
-                _load_backbone_file(model, net, weights_path)
-            return model
-        cached = backbone_hub_cache_path(net)
-        was_cached = os.path.isfile(cached)
-        try:
-            return lpips.LPIPS(net=net, verbose=False)
-        except Exception as error:  # the download's failure modes vary (URLError, timeouts, hash)
-            if was_cached or os.path.isfile(cached):
-                raise
-            raise MissingWeightsError(
-                _missing_message(net, f'it is not in the torch hub cache and the download failed ({error})')
-            ) from error
+        # pnet_rand=True: torchvision builds the backbone with weights=None (no network); lpips
+        # still loads its packaged linear heads from disk.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_RANDOM_BACKBONE_SEED)
+            model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    if random_backbone:
+        return model
+    state, source = load_pretrained_state(
+        arch, weights_path, user=f'LPIPS ({net})', option_place=_OPTION_PLACE, allow_download=allow_download
+    )
+    # lpips splits torchvision's ``features`` into ``slice<k>`` Sequentials but keeps each layer's
+    # index as its name, so ``slice<k>.<i>.<rest>`` is torchvision's ``features.<i>.<rest>``.
+    load_backbone_state(
+        model.net,
+        state,
+        source,
+        arch,
+        key_in_state=lambda key: 'features.' + key.split('.', 1)[1],
+        context=f' for LPIPS net {net!r}',
+    )
+    return model
 
 
 def get_lpips_network(
@@ -190,10 +154,11 @@ def get_lpips_network(
 
     Args:
         net (str): Backbone, 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
-        weights_path (str | None): Local torchvision backbone file (e.g. alexnet-owt-7be5be79.pth).
+        weights_path (str | None): Local torchvision backbone file (e.g. alexnet-owt-7be5be79.pth);
+            no network access, the linear heads still come from the ``lpips`` package.
             Default: None (torch hub cache, else download).
-        random_backbone_for_tests (bool): Random backbone, meaningless scores; tests only.
-            Default: False.
+        random_backbone_for_tests (bool): Random backbone (deterministic seed), meaningless scores
+            and a logged warning; tests only. Default: False.
         device (str | torch.device | None): Where the network runs. Default: None (CUDA if
             available, else CPU).
         allow_download (bool): Whether the default route may download the backbone; False makes
@@ -207,31 +172,22 @@ def get_lpips_network(
             does not exist.
         OptionError: Unknown ``net``, or both ``weights_path`` and ``random_backbone_for_tests``.
     """
-    _check_net(net)
+    arch = _check_net(net)
     if weights_path is not None and random_backbone_for_tests:
         raise OptionError('LPIPS: give either weights_path or random_backbone_for_tests, not both')
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     device = torch.device(device)
     if weights_path is not None:
-        weights_path = os.path.abspath(os.path.expanduser(str(weights_path)))
-        if not os.path.isfile(weights_path):
-            raise MissingWeightsError(
-                f'LPIPS weights_path {weights_path} does not exist: it should be the torchvision '
-                f'backbone file {os.path.basename(backbone_weights_url(net))} ({backbone_weights_url(net)})'
-            )
+        weights_path = existing_weights_path(arch, weights_path, f'LPIPS ({net})')
         source = f'file:{weights_path}'
     else:
         source = 'random' if random_backbone_for_tests else 'torchvision'
-        if source == 'torchvision' and not allow_download and not os.path.isfile(backbone_hub_cache_path(net)):
-            raise MissingWeightsError(
-                _missing_message(net, 'it is not in the torch hub cache and downloads are off (allow_download: false)')
-            )
 
     key = (net, source, str(device))
     model = _NETWORK_CACHE.get(key)
     if model is None:
-        model = _build_lpips(net, weights_path, random_backbone_for_tests)
+        model = _build_lpips(net, weights_path, random_backbone_for_tests, allow_download)
         model = model.to(device).eval().requires_grad_(False)
         _NETWORK_CACHE[key] = model
         if random_backbone_for_tests:

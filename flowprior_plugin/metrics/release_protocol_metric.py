@@ -1,22 +1,9 @@
 """The releases' own evaluation protocols, so that our numbers sit next to the papers' tables.
 
-BasicSR scores its rounded uint8 image; the public releases score otherwise, and on the same SR the
-gap (up to 0.04 dB PSNR, 0.02 SSIM, 1.9 dB LR-PSNR) is as large as the papers' differences between
-methods. :func:`evaluate_as_released` measures as each release does:
-
-* ``srflow_lp`` (SRFlow-LP ``test.py`` / ``Measure.py``): the SR goes to uint8 by *truncation* of
-  the clipped float; PSNR and SSIM are scikit-image's on uint8 RGB over the whole image (SSIM with
-  its defaults: 7x7 uniform window); LR-PSNR compares the LR with that uint8 SR downscaled by the
-  MATLAB-style bicubic (uint8 in, uint8 out, rounded after each axis).
-* ``linf_lp_div2k`` (LINF-LP ``test.py`` / ``utils.py``): the float SR clamped to [0, 1], never
-  quantised; PSNR on RGB with a border shave of ``scale`` pixels; MATLAB's Gaussian SSIM (11, 1.5)
-  on the clamped SR x 255, whole image, mean over channels; LR-PSNR between the float LR and the
-  float SR downscaled in float, with the same shave on the LR.
-* ``linf_lp_benchmark``: as ``linf_lp_div2k`` with PSNR and LR-PSNR on the Y channel
-  (65.738, 129.057, 25.064) / 256; no SSIM.
-
-``calculate_release_protocol`` registers this in BasicSR's ``METRIC_REGISTRY`` (one quantity per
-metric entry). It needs the float SR, which our flow models pass as ``sr_float_rgb``.
+BasicSR scores its rounded uint8 image; the releases score otherwise, and on the same SR the gap (up
+to 0.04 dB PSNR, 0.02 SSIM, 1.9 dB LR-PSNR) is as large as the papers' differences between methods.
+:func:`evaluate_as_released` measures as each release does; ``calculate_release_protocol`` is its
+BasicSR metric (one quantity per entry), fed the float SR our flow models pass as ``sr_float_rgb``.
 """
 
 from __future__ import annotations
@@ -192,13 +179,26 @@ def _quantity(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: float, prot
 def evaluate_as_released(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray, scale: int, protocol: str) -> dict[str, float]:
     """PSNR, SSIM and LR-PSNR of one SR image, measured exactly as a public release measures them.
 
+    The protocols:
+
+    * ``srflow_lp`` (SRFlow-LP ``test.py`` / ``Measure.py``): the SR goes to uint8 by *truncation* of
+      the clipped float; PSNR and SSIM are scikit-image's on uint8 RGB over the whole image (SSIM
+      with its defaults: 7x7 uniform window); LR-PSNR compares the LR with that uint8 SR downscaled
+      by the MATLAB-style bicubic (uint8 in, uint8 out, rounded after each axis).
+    * ``linf_lp_div2k`` (LINF-LP ``test.py`` / ``utils.py``): the float SR clamped to [0, 1], never
+      quantised; PSNR on RGB with a border shave of ``scale`` pixels; MATLAB's Gaussian SSIM
+      (11, 1.5) on the clamped SR x 255, whole image, mean over channels; LR-PSNR between the float
+      LR and the float SR downscaled in float, with the same shave on the LR.
+    * ``linf_lp_benchmark``: as ``linf_lp_div2k`` with PSNR and LR-PSNR on the Y channel
+      (65.738, 129.057, 25.064) / 256; no SSIM.
+
     Args:
         sr (ndarray): The SR, float (h, w, 3) RGB in [0, 1], unclamped and unquantised (the
             protocol clamps / quantises as its release does).
         hr (ndarray): The HR, uint8 (h, w, 3) RGB as read from disk.
         lr (ndarray): The LR input, uint8 (ceil(h / scale), ceil(w / scale), 3) RGB as read from disk.
         scale (int): The integer SR scale (the LINF-LP shave and the LR-PSNR downscale).
-        protocol (str): 'srflow_lp', 'linf_lp_div2k' or 'linf_lp_benchmark' (see the module doc).
+        protocol (str): 'srflow_lp', 'linf_lp_div2k' or 'linf_lp_benchmark' (see above).
 
     Returns:
         dict[str, float]: ``psnr`` and ``lr_psnr`` in dB, and ``ssim`` except for
@@ -236,7 +236,7 @@ def calculate_release_protocol(
     scale: int | None = None,
     **kwargs: Any,
 ) -> float:
-    """One quantity of a release's evaluation protocol, for BasicSR's validation (see the module doc).
+    """One quantity of a release's evaluation protocol, for BasicSR's validation (see :func:`evaluate_as_released`).
 
     Option file entry, e.g.::
 
@@ -268,7 +268,7 @@ def calculate_release_protocol(
     if sr_float_rgb is None or img2 is None or lq is None:
         raise OptionError(
             'calculate_release_protocol needs the float SR (sr_float_rgb), the HR (img2) and the LR (lq); '
-            "the FlowSRModel / FlowPriorModel validation passes them, BasicSR's SRModel does not"
+            "the FlowLikelihoodModel / FlowPriorModel validation passes them, BasicSR's SRModel does not"
         )
     hr, lr = np.asarray(img2)[..., ::-1], np.asarray(lq)[..., ::-1]  # BasicSR's BGR -> the releases' RGB
     if scale is None:

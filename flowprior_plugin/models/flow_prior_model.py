@@ -20,8 +20,8 @@ from torch import Tensor
 
 from flowprior_plugin.archs.latent_prior_arch import LatentWindow
 from flowprior_plugin.errors import OptionError
-from flowprior_plugin.flow_protocol import HRWindow, OutputSize, check_flow_protocol
-from flowprior_plugin.models.flow_base import FlowBaseModel
+from flowprior_plugin.flow_protocol import FlowSRProtocol, HRWindow, OutputSize, check_flow_protocol
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
 TRAINING_LOSSES = ('latent_opt', 'perceptual_opt', 'pixel_opt')
 
@@ -35,7 +35,7 @@ def prior_method_name(temperature: float) -> str:
 
 
 @MODEL_REGISTRY.register()
-class FlowPriorModel(FlowBaseModel):
+class FlowPriorModel(BaseFlowModel):
     """Learned prior on any registered flow SR network, which stays frozen.
 
     Options:
@@ -115,7 +115,7 @@ class FlowPriorModel(FlowBaseModel):
         return prior_opt
 
     @property
-    def flow(self):
+    def flow(self) -> FlowSRProtocol:
         return self.net_flow
 
     @property

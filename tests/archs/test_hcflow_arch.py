@@ -1,4 +1,8 @@
-"""HCFlowNet: checkpoint format, golden vectors of the release, flow invariants, caching, training."""
+"""HCFlowNet: checkpoint format, golden vectors of the release, flow invariants, caching, training.
+
+The flow protocol's contract (round trips, conditioning, sampling, likelihood, out_size, tiling
+hooks, ActNorm initialisation) is tested for every flow in test_flow_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ from flowprior_plugin.archs.hcflow_arch import (
     quantize_straight_through,
     read_hcflow_architecture,
 )
+from flowprior_plugin.checkpoints import describe_checkpoint_mismatch, load_checked
 from flowprior_plugin.errors import CheckpointMismatchError
-from flowprior_plugin.flow_protocol import check_flow_protocol
-from flowprior_plugin.layers.flow_layers import ActNorm, gaussian_log_prob
+from flowprior_plugin.layers.flow_layers import gaussian_log_prob
 
 KEY_FILES = {'DF2K 4X': 'hcflow_SR_DF2K_4X_keys.txt', 'CelebA 8X': 'hcflow_SR_CelebA_8X_keys.txt'}
 GOLDEN = {'DF2K 4X': 'hcflow_SR_DF2K_4X_seed0.pt', 'CelebA 8X': 'hcflow_SR_CelebA_8X_seed0.pt'}
@@ -79,8 +83,8 @@ def test_latent_channels_shapes_and_protocol():
     assert meta_net('CelebA 8X').latent_channels() == [6, 12, 45]
     net = tiny_net(randomize=False)
     assert ARCH_REGISTRY.get('HCFlowNet') is HCFlowNet
-    check_flow_protocol(net)
     assert net.scale == 4 and net.lr_multiple == 1  # any LR size: no odd-size padding needed
+    assert net.dequantization_offset == 0 and net.quant == 64  # noise U(0, 1) / quant, not centred
     assert net.latent_shapes((2, 3, 5, 7)) == [(2, 6, 10, 14), (2, 21, 5, 7)]
     assert tiny_net(scale=8, randomize=False).latent_shapes((1, 3, 3, 2)) == [
         (1, 6, 12, 8),
@@ -277,99 +281,7 @@ def test_cached_condition_equals_uncached_and_plain_computation():
         assert torch.allclose(sr, net.plain_decode(lq, latents), atol=1e-12)
 
 
-def test_condition_for_another_lr_is_rejected():
-    net = tiny_net(randomize=False)
-    lq, _ = lr_hr(net)
-    cond = net.condition(lq[:1])
-    with pytest.raises(ValueError, match='conditioning was computed for an LR of shape'):
-        net.decode(lq, net.sample_latents(lq, 0.0), cond=cond)
-    with pytest.raises(ValueError, match='conditioning was computed for an LR of shape'):
-        net.nll(lq, torch.rand(2, 3, 12, 20), cond=cond)
-    with pytest.raises(TypeError, match='HCFlowCondition'):
-        net.decode(lq, net.sample_latents(lq, 0.0), cond=object())
-
-
-def test_decode_mutates_nothing_and_is_differentiable():
-    net = tiny_net(randomize=False).train()  # fresh: ActNorms uninitialised, training mode
-    lq, _ = lr_hr(net)
-    lq_before = lq.clone()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    latents = [z.requires_grad_() for z in net.sample_latents(lq, 0.8, torch.Generator().manual_seed(3))]
-    snapshot = [z.detach().clone() for z in latents]
-    listed = list(latents)
-
-    sr = net.decode(lq, latents)
-    sr.square().sum().backward()
-
-    assert latents == listed and all(a is b for a, b in zip(latents, listed))
-    assert all(torch.equal(z.detach(), s) for z, s in zip(latents, snapshot))
-    assert torch.equal(lq, lq_before)
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert not any(m.initialized for m in net.modules() if isinstance(m, ActNorm))
-    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in latents)
-
-
-def test_sample_latents_shapes_zero_temperature_and_dtype():
-    net = tiny_net(randomize=False)
-    lq = torch.rand(2, 3, 5, 7, dtype=torch.float64)
-    zeros = net.sample_latents(lq, 0.0)
-    assert [tuple(z.shape) for z in zeros] == [(2, 6, 10, 14), (2, 21, 5, 7)]
-    assert all(z.dtype == torch.float64 and not z.any() for z in zeros)
-    a = net.sample_latents(lq, 0.7, torch.Generator().manual_seed(5))
-    b = net.sample_latents(lq, 0.7, torch.Generator().manual_seed(5))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    big = net.sample_latents(torch.rand(4, 3, 32, 32), 0.7)[0]
-    assert abs(big.std().item() - 0.7) < 0.02
-    with torch.no_grad():  # temperature 0 decodes the per-level means
-        assert torch.isfinite(net(lq.float())).all()
-
-
-def test_initial_prior_is_standardised_encoding_of_the_upsampled_lr():
-    net = tiny_net()
-    lq, _ = lr_hr(net)
-    with torch.no_grad():
-        z0 = net.initial_prior(lq)
-        up = F.interpolate(lq, scale_factor=4, mode='bilinear', align_corners=False)
-        raw = net.encode(lq, up)
-    assert [z.shape for z in z0] == [z.shape for z in raw]
-    for z in z0:
-        assert z.mean(dim=1).abs().max() < 1e-5
-        assert (z.std(dim=1, unbiased=True) - 1).abs().max() < 1e-4
-
-
-def test_nll_is_finite_and_dequantised_nll_is_noisy_nll_plus_log2_quant():
-    net = tiny_net().double()
-    lq, gt = lr_hr(net, dtype=torch.float64)
-    with torch.no_grad():
-        plain = net.nll(lq, gt)
-        nll = net.nll(lq, gt, dequantize=True, generator=torch.Generator().manual_seed(7))
-        noise = torch.rand(gt.shape, generator=torch.Generator().manual_seed(7), dtype=gt.dtype)
-        manual = net.nll(lq, gt + noise / net.quant) + math.log2(net.quant)  # U(0, 1)/quant, not centred
-        forward = net(lq, gt)
-    assert plain.shape == (2,) and torch.isfinite(plain).all()
-    assert torch.allclose(nll, manual, rtol=1e-12)
-    assert torch.equal(forward, plain)
-
-
 # ---------------------------------------------------------------- ActNorm initialisation, training
-
-
-def test_initialize_from_batch_runs_once_and_never_overwrites_loaded_weights():
-    net = tiny_net(randomize=False)
-    lq, gt = lr_hr(net)
-    assert net.initialize_from_batch(lq, gt) is True
-    assert not net.training
-    norms = [m for m in net.modules() if isinstance(m, ActNorm)]
-    assert all(m.initialized for m in norms) and all(m.logs.abs().sum() > 0 for m in norms)
-    assert net.initialize_from_batch(lq, gt) is False
-
-    state = {k: v.clone() for k, v in tiny_net(seed=2).state_dict().items()}
-    loaded = tiny_net(randomize=False)
-    loaded.load_state_dict(state)
-    assert loaded.initialize_from_batch(lq, gt) is False
-    loaded.train()
-    loaded.nll(lq, gt).mean().backward()
-    assert all(torch.equal(state[k], v) for k, v in loaded.state_dict().items())
 
 
 def test_every_trainable_tensor_gets_a_gradient_and_checkpoint_only_ones_are_frozen():
@@ -428,7 +340,7 @@ def test_loading_another_config_names_both(reference_dir, golden_weights, checkp
     state = meta_state_dict(key_list(reference_dir, golden_weights, checkpoint))
     net = meta_net(options)
     with pytest.raises(CheckpointMismatchError) as info:
-        net.load_state_dict(state)
+        load_checked(net, state)
     message = str(info.value)
     ours_scale, theirs_scale = options.split()[1], checkpoint.split()[1]
     assert f'checkpoint holds HCFlow {theirs_scale}' in message, message
@@ -441,20 +353,20 @@ def test_other_checkpoints_and_partial_loads(reference_dir, golden_weights):
     net = tiny_net(randomize=False)
     srflow = meta_state_dict(golden_weights.read_keys(reference_dir / 'srflow_DF2K_4X_keys.txt'))
     with pytest.raises(CheckpointMismatchError, match='SRFlow checkpoint'):
-        meta_net('DF2K 4X').load_state_dict(srflow)
+        load_checked(meta_net('DF2K 4X'), srflow)
     with pytest.raises(CheckpointMismatchError, match=r"pass state_dict\['params'\]"):
-        net.load_state_dict({'params': net.state_dict()})
+        load_checked(net, {'params': net.state_dict()})
 
     source = tiny_net(seed=3)
     main_only = {k: v for k, v in source.state_dict().items() if k.startswith('flow.layers.')}
-    result = net.load_state_dict(main_only, strict=False)  # a deliberate partial load goes to torch
+    result = load_checked(net, main_only, strict=False)  # a deliberate partial load goes to torch
     assert result.missing_keys and all('_condFlow.' in k for k in result.missing_keys)
     assert torch.equal(net.flow.layers[1].permute.weight, source.flow.layers[1].permute.weight)
 
 
 def test_matching_checkpoint_is_described_as_fitting(reference_dir, golden_weights):
     state = meta_state_dict(key_list(reference_dir, golden_weights, 'CelebA 8X'))
-    assert meta_net('CelebA 8X').describe_checkpoint_mismatch(state) is None
+    assert describe_checkpoint_mismatch(meta_net('CelebA 8X'), state) is None
     arch = read_hcflow_architecture(state)
     assert arch == dict(scale=8, nb=5, K=26, n_additional_steps=13, nf=64, gc=32, in_nc=3, hidden_channels=64), arch
     assert read_hcflow_architecture(meta_net('DF2K 4X').state_dict())['nb'] == 7

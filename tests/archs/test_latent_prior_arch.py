@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from basicsr.archs import build_network
-from basicsr.models.base_model import BaseModel
 from conftest import REPO_ROOT, load_golden
 
 from flowprior_plugin.archs.latent_prior_arch import (
@@ -21,7 +20,9 @@ from flowprior_plugin.archs.latent_prior_arch import (
     to_linf_lp_state_dict,
     to_srflow_lp_state_dict,
 )
+from flowprior_plugin.checkpoints import load_checked
 from flowprior_plugin.errors import CheckpointMismatchError, OptionError
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
 RELEASE_ARGS = {'depth': 3, 'dim': 64, 'bilinear': True}
 RELEASE_OPTIONS = {
@@ -36,8 +37,9 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class _BasicSRLoader(BaseModel):
-    """Just enough of a BasicSR model to call its own ``load_network`` unchanged."""
+class _BasicSRLoader(BaseFlowModel):
+    """Just enough of our BasicSR model to call its ``load_network`` (BasicSR's loader with the
+    checkpoint check of :mod:`flowprior_plugin.checkpoints`)."""
 
     def __init__(self) -> None:
         self.opt = {'dist': False, 'num_gpu': 0}
@@ -64,7 +66,7 @@ def release_net(released_file) -> LatentPriorNet:
     # Convert to float64 before loading: loading float64 weights into float32 parameters would
     # round them (a ~1e-7 relative difference in the outputs).
     net.double()
-    net.load_state_dict(torch.load(released_file, weights_only=True), strict=True)
+    load_checked(net, torch.load(released_file, weights_only=True), strict=True)
     return net.eval()
 
 
@@ -138,7 +140,7 @@ def test_released_file_into_lr_encoder_net_says_what_to_change(released_file):
     released = torch.load(released_file, weights_only=True)
     for strict in (True, False):  # differently shaped tensors are refused even when not strict
         with pytest.raises(CheckpointMismatchError) as err:
-            LatentPriorNet(latent_channels=[6, 96]).load_state_dict(released, strict=strict)
+            load_checked(LatentPriorNet(latent_channels=[6, 96]), released, strict=strict)
         message = str(err.value)
         assert 'SRFlow-LP checkpoint holds 2 latent level(s) with channels [6, 96]' in message
         assert 'LR encoder off' in message and 'LR encoder on' in message
@@ -148,7 +150,7 @@ def test_released_file_into_lr_encoder_net_says_what_to_change(released_file):
 def test_released_file_with_other_channels(released_file):
     options = dict(RELEASE_OPTIONS, latent_channels=[6, 48])
     with pytest.raises(CheckpointMismatchError, match=r'channels \[6, 48\].*use the flow'):
-        LatentPriorNet(**options).load_state_dict(torch.load(released_file, weights_only=True))
+        load_checked(LatentPriorNet(**options), torch.load(released_file, weights_only=True))
 
 
 def test_own_checkpoint_mismatch_and_non_strict():
@@ -156,15 +158,15 @@ def test_own_checkpoint_mismatch_and_non_strict():
     with_lr = LatentPriorNet(**tiny, lr_features=4).state_dict()
     net = LatentPriorNet(**tiny, lr_encoder=False)
     with pytest.raises(CheckpointMismatchError, match='set lr_encoder: true'):
-        net.load_state_dict(with_lr)
+        load_checked(net, with_lr)
     without_lr = net.state_dict()
     lr_net = LatentPriorNet(**tiny, lr_features=4)
     with pytest.raises(CheckpointMismatchError):
-        lr_net.load_state_dict(without_lr)  # strict: the LR encoder would be missing
+        load_checked(lr_net, without_lr)  # strict: the LR encoder would be missing
     # The generator input differs (4 vs 8 features), so even non-strict loading refuses.
     with pytest.raises(CheckpointMismatchError, match='other shapes'):
-        lr_net.load_state_dict(without_lr, strict=False)
-    LatentPriorNet(**tiny, lr_features=4).load_state_dict(with_lr)
+        load_checked(lr_net, without_lr, strict=False)
+    load_checked(LatentPriorNet(**tiny, lr_features=4), with_lr)
 
 
 @pytest.mark.parametrize(
@@ -258,7 +260,7 @@ def linf_lp_file(tmp_path_factory, reference_dir, golden_weights) -> Path:
 def linf_lp_net(linf_lp_file) -> LatentPriorNet:
     net = LatentPriorNet(**LINF_LP_RELEASE_OPTIONS)
     net.double()  # before loading: float64 weights into float32 parameters would be rounded
-    net.load_state_dict(torch.load(linf_lp_file, weights_only=True), strict=True)
+    load_checked(net, torch.load(linf_lp_file, weights_only=True), strict=True)
     return net.eval()
 
 
@@ -303,9 +305,9 @@ def test_linf_lp_file_needs_stride_3_and_the_lr_encoder(linf_lp_file):
     released = torch.load(linf_lp_file, weights_only=True)
     # Same tensor shapes at stride 1, so without this check the file would load and compute nonsense.
     with pytest.raises(CheckpointMismatchError, match='needs lr_encoder_stride: 3.*set lr_encoder_stride: 3'):
-        LatentPriorNet(**dict(LINF_LP_RELEASE_OPTIONS, lr_encoder_stride=1)).load_state_dict(released)
+        load_checked(LatentPriorNet(**dict(LINF_LP_RELEASE_OPTIONS, lr_encoder_stride=1)), released)
     with pytest.raises(CheckpointMismatchError, match='LINF-LP checkpoint holds .*set lr_encoder: true'):
-        LatentPriorNet(**dict(LINF_LP_RELEASE_OPTIONS, lr_encoder=False)).load_state_dict(released)
+        load_checked(LatentPriorNet(**dict(LINF_LP_RELEASE_OPTIONS, lr_encoder=False)), released)
 
 
 def test_strided_lr_encoder_resizes_only_when_needed(monkeypatch):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from basicsr.archs import build_network
-from basicsr.models.base_model import BaseModel
 from basicsr.utils.registry import ARCH_REGISTRY
 from conftest import REPO_ROOT, load_golden, rel_err
 
@@ -23,8 +22,10 @@ from flowprior_plugin.archs.linf_arch import (
     official_linf_options,
     to_model_range,
 )
+from flowprior_plugin.checkpoints import describe_checkpoint_mismatch, load_checked
 from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.layers.pointwise_flow import InvertibleLinear, PointwiseFlow
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
 KEY_FILES = {
     'edsr-baseline-linf': 'linf_linf_edsr_baseline_keys.txt',
@@ -64,8 +65,9 @@ def meta_state_dict(reference_dir, golden_weights, config: str) -> dict[str, tor
     return {key: torch.empty(shape, device='meta') for key, shape in pairs}
 
 
-class _BasicSRLoader(BaseModel):
-    """Just enough of a BasicSR model to call its own ``load_network`` unchanged."""
+class _BasicSRLoader(BaseFlowModel):
+    """Just enough of our BasicSR model to call its ``load_network`` (BasicSR's loader with the
+    checkpoint check of :mod:`flowprior_plugin.checkpoints`)."""
 
     def __init__(self) -> None:
         self.opt = {'dist': False, 'num_gpu': 0}
@@ -114,7 +116,7 @@ def test_golden_vectors_of_the_release(reference_dir, golden_weights, encoder):
     state = golden_weights.golden_state_dict(reference_dir / KEY_FILES[config], dtype=torch.float64)
     # Convert to float64 BEFORE loading: float64 weights copied into float32 parameters are rounded.
     net = LINFNet(**official_linf_options(config)).double().eval()
-    net.load_state_dict({'model': {'name': 'linf-patch', 'args': {}, 'sd': state}}, strict=True)
+    load_checked(net, {'model': {'name': 'linf-patch', 'args': {}, 'sd': state}}, strict=True)
     assert golden['scale'] == 4 and golden['patch_size'] == net.patch_size == 3
     hr_size = tuple(golden['hr'].shape[-2:])  # (40, 56): padded to (42, 57), 14 x 19 patches
     with torch.no_grad():
@@ -343,7 +345,7 @@ def test_released_format_loads_in_every_form(released_tiny):
     ]
     for form in forms:
         net = LINFNet(encoder='rrdb', patch_size=3, encoder_opt=TINY_ENCODER['rrdb'], **TINY)
-        net.load_state_dict(form)
+        load_checked(net, form)
         assert _same_weights(net, source)
     assert list(convert_linf_checkpoint(whole)) == list(source.state_dict())
     with pytest.raises(CheckpointMismatchError, match='not a LINF checkpoint'):
@@ -376,7 +378,7 @@ def test_convert_script_then_default_param_key(released_tiny, tmp_path, capsys):
 def test_mismatch_message_names_both_architectures(reference_dir, golden_weights):
     pixel_edsr = meta_net('edsr-baseline-linf')
     theirs = meta_state_dict(reference_dir, golden_weights, 'rrdb-linf-patch')
-    message = pixel_edsr.describe_checkpoint_mismatch(theirs)
+    message = describe_checkpoint_mismatch(pixel_edsr, theirs)
     assert message == (
         'checkpoint holds LINF 3x3-patch model (linf-patch) with an RRDB encoder (23 blocks, 64 features), '
         'hidden_dim 256, 10 flow layers, 3 MLP layers but the options build LINF per-pixel model (linf) with an '
@@ -385,16 +387,16 @@ def test_mismatch_message_names_both_architectures(reference_dir, golden_weights
         'network options'
     )
     with pytest.raises(CheckpointMismatchError, match='checkpoint holds LINF 3x3-patch model'):
-        pixel_edsr.load_state_dict({'model': {'name': 'linf-patch', 'sd': theirs}})
+        load_checked(pixel_edsr, {'model': {'name': 'linf-patch', 'sd': theirs}})
     for config in KEY_FILES:  # every released file fits its own options
         assert (
-            meta_net(config).describe_checkpoint_mismatch(meta_state_dict(reference_dir, golden_weights, config))
+            describe_checkpoint_mismatch(meta_net(config), meta_state_dict(reference_dir, golden_weights, config))
             is None
         )
     wrapped = {'params': theirs}
     with pytest.raises(CheckpointMismatchError, match=r"BasicSR checkpoint: pass state_dict\['params'\]"):
-        pixel_edsr.load_state_dict(wrapped)
+        load_checked(pixel_edsr, wrapped)
     # A deliberate partial load goes to torch unchanged.
     net = tiny_net(1)
     partial = {k: v for k, v in net.state_dict().items() if k.startswith('imnet.')}
-    assert not tiny_net(1, seed=2).load_state_dict(partial, strict=False).unexpected_keys
+    assert not load_checked(tiny_net(1, seed=2), partial, strict=False).unexpected_keys

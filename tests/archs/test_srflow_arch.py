@@ -1,4 +1,8 @@
-"""SRFlowNet: checkpoint format, golden vectors of the release, flow invariants, caching, errors."""
+"""SRFlowNet: checkpoint format, golden vectors of the release, flow invariants, caching, errors.
+
+The flow protocol's contract (round trips, conditioning, sampling, likelihood, out_size, tiling
+hooks, ActNorm initialisation) is tested for every flow in test_flow_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from conftest import load_golden, meta_module, meta_state_dict, random_lr_hr, rel_err, tiny_module
 
@@ -17,8 +20,8 @@ from flowprior_plugin.archs.srflow_arch import (
     official_srflow_options,
     read_srflow_architecture,
 )
+from flowprior_plugin.checkpoints import describe_checkpoint_mismatch, load_checked
 from flowprior_plugin.errors import CheckpointMismatchError
-from flowprior_plugin.flow_protocol import check_flow_protocol
 from flowprior_plugin.layers.flow_layers import (
     ActNorm,
     InvertibleConv1x1,
@@ -72,13 +75,14 @@ def test_latent_channels_are_derived():
     assert meta_net('DF2K 4X').latent_channels() == [6, 96]
     assert meta_net('DF2K 8X').latent_channels() == [6, 12, 192]
     assert tiny_net(scale=2, randomize=False).latent_channels() == [48]  # L=2: no split level
+    assert tiny_net(randomize=False).latent_shapes((2, 3, 6, 8)) == [(2, 6, 12, 16), (2, 96, 3, 4)]
 
 
-def test_registered_and_implements_protocol():
+def test_registered_with_the_release_attributes():
     assert ARCH_REGISTRY.get('SRFlowNet') is SRFlowNet
     net = tiny_net(randomize=False)
-    check_flow_protocol(net)
     assert net.scale == 4 and net.lr_multiple == 2 and net.L == 3
+    assert net.dequantization_offset == 0.5 and net.quant == 32  # noise (U(0, 1) - 0.5) / 32, centred
 
 
 def test_bad_options_are_named():
@@ -114,20 +118,6 @@ def test_golden_vectors_of_the_release(reference_dir, golden_weights, config):
 
 
 # ---------------------------------------------------------------- flow invariants
-
-
-@pytest.mark.parametrize('scale', [4, 8])
-def test_round_trip_with_every_parameter_randomised(scale):
-    net = tiny_net(scale=scale, nb=1, stacked_blocks=(0,))
-    all_zero = [name for name, p in net.named_parameters() if not p.detach().abs().gt(0).any()]
-    assert not all_zero, f'parameters left at zero: {all_zero}'
-    lq, gt = lr_hr(net, h=4, w=6)
-    with torch.no_grad():
-        cond = net.condition(lq)
-        latents = net.encode(lq, gt, cond=cond)
-        rec = net.decode(lq, latents, cond=cond)
-    assert [tuple(z.shape) for z in latents] == net.latent_shapes(lq.shape)
-    assert (rec - gt).abs().max().item() < 1e-4
 
 
 def test_log_determinant_matches_brute_force_jacobian():
@@ -176,69 +166,6 @@ def test_cached_condition_equals_uncached_and_plain_computation():
         assert torch.allclose(net.decode(lq, latents, cond=cond), net.plain_decode(lq, latents), atol=1e-12)
 
 
-def test_condition_for_another_lr_is_rejected():
-    net = tiny_net(randomize=False)
-    lq, _ = lr_hr(net)
-    cond = net.condition(lq[:1])
-    with pytest.raises(ValueError, match='conditioning was computed for an LR of shape'):
-        net.decode(lq, net.sample_latents(lq, 0.0), cond=cond)
-
-
-def test_decode_mutates_nothing_and_is_differentiable():
-    net = tiny_net(randomize=False).train()  # fresh: ActNorms uninitialised, training mode
-    lq, _ = lr_hr(net)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    latents = [z.requires_grad_() for z in net.sample_latents(lq, 0.8, torch.Generator().manual_seed(3))]
-    snapshot = [z.detach().clone() for z in latents]
-    listed = list(latents)
-
-    sr = net.decode(lq, latents)
-    sr.square().sum().backward()
-
-    assert latents == listed and all(a is b for a, b in zip(latents, listed))
-    assert all(torch.equal(z.detach(), s) for z, s in zip(latents, snapshot))
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert not any(m.initialized for m in net.modules() if isinstance(m, ActNorm))
-    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in latents)
-
-
-def test_sample_latents_shapes_zero_temperature_and_dtype():
-    net = tiny_net(randomize=False)
-    lq = torch.rand(2, 3, 6, 8, dtype=torch.float64)
-    zeros = net.sample_latents(lq, 0.0)
-    assert [tuple(z.shape) for z in zeros] == [(2, 6, 12, 16), (2, 96, 3, 4)]
-    assert all(z.dtype == torch.float64 and not z.any() for z in zeros)
-    a = net.sample_latents(lq, 0.7, torch.Generator().manual_seed(5))
-    b = net.sample_latents(lq, 0.7, torch.Generator().manual_seed(5))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    big = net.sample_latents(torch.rand(4, 3, 32, 32), 0.7)[0]
-    assert abs(big.std().item() - 0.7) < 0.02
-
-
-def test_initial_prior_is_standardised_per_pixel():
-    net = tiny_net()
-    lq, _ = lr_hr(net)
-    with torch.no_grad():
-        z0 = net.initial_prior(lq)
-        up = F.interpolate(lq, scale_factor=4, mode='bilinear', align_corners=False)
-        raw = net.encode(lq, up)
-    assert [z.shape for z in z0] == [z.shape for z in raw]
-    for z in z0:
-        assert z.mean(dim=1).abs().max() < 1e-5
-        assert (z.std(dim=1, unbiased=True) - 1).abs().max() < 1e-4
-
-
-def test_dequantised_nll_is_noisy_nll_plus_log2_quant():
-    net = tiny_net().double()
-    lq, gt = lr_hr(net, dtype=torch.float64)
-    with torch.no_grad():
-        nll = net.nll(lq, gt, dequantize=True, generator=torch.Generator().manual_seed(7))
-        noise = torch.rand(gt.shape, generator=torch.Generator().manual_seed(7), dtype=gt.dtype)
-        manual = net.nll(lq, gt + (noise - 0.5) / net.quant) + math.log2(net.quant)
-    assert nll.shape == (2,)
-    assert torch.allclose(nll, manual, rtol=1e-12)
-
-
 # ---------------------------------------------------------------- ActNorm initialisation
 
 
@@ -260,29 +187,6 @@ def test_actnorm_never_overwrites_loaded_weights():
     norm(torch.randn(8, 4, 5, 5) * 3 + 2)
     assert not norm.bias.any() and not norm.logs.any()
     assert list(norm.state_dict()) == ['bias', 'logs']  # the flag is no buffer
-
-    trained = tiny_net(seed=2)
-    state = {k: v.clone() for k, v in trained.state_dict().items()}
-    net = tiny_net(randomize=False)
-    net.load_state_dict(state)
-    lq, gt = lr_hr(net)
-    assert net.initialize_from_batch(lq, gt) is False
-    net.train()
-    net.nll(lq, gt).mean().backward()
-    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
-
-
-def test_initialize_from_batch_runs_once_on_a_fresh_net():
-    net = tiny_net(randomize=False)
-    lq, gt = lr_hr(net)
-    assert net.initialize_from_batch(lq, gt) is True
-    assert not net.training  # mode restored
-    norms = [m for m in net.modules() if isinstance(m, ActNorm)]
-    assert all(m.initialized for m in norms)
-    assert all(m.logs.abs().sum() > 0 for m in norms)
-    assert net.initialize_from_batch(lq, gt) is False
-    with torch.no_grad():
-        assert torch.isfinite(net.nll(lq, gt)).all()
 
 
 # ---------------------------------------------------------------- 1x1 convolution and squeeze
@@ -349,7 +253,7 @@ def test_loading_another_config_names_both(reference_dir, golden_weights, checkp
     state = meta_state_dict(key_list(reference_dir, golden_weights, checkpoint))
     net = meta_net(options)
     with pytest.raises(CheckpointMismatchError) as info:
-        net.load_state_dict(state)
+        load_checked(net, state)
     message = str(info.value)
     assert all(word in message for word in words), message
     assert 'but the options build' in message
@@ -359,21 +263,21 @@ def test_non_strict_partial_load_is_left_to_torch():
     source = tiny_net(seed=3)
     rrdb_only = {k: v for k, v in source.state_dict().items() if k.startswith('RRDB.')}
     net = tiny_net(randomize=False)
-    result = net.load_state_dict(rrdb_only, strict=False)
+    result = load_checked(net, rrdb_only, strict=False)
     assert result.missing_keys and all(k.startswith('flowUpsamplerNet.') for k in result.missing_keys)
     assert torch.equal(net.RRDB.conv_first.weight, source.RRDB.conv_first.weight)
     assert not any(m.initialized for m in net.modules() if isinstance(m, ActNorm))  # flow ActNorms not loaded
     with pytest.raises(CheckpointMismatchError, match='no SRFlow weights'):
-        net.load_state_dict({'params': source.state_dict()})
+        load_checked(net, {'params': source.state_dict()})
 
 
 def test_matching_checkpoint_is_described_as_fitting(reference_dir, golden_weights):
     state = meta_state_dict(key_list(reference_dir, golden_weights, 'CelebA 8X'))
-    assert meta_net('CelebA 8X').describe_checkpoint_mismatch(state) is None
+    assert describe_checkpoint_mismatch(meta_net('CelebA 8X'), state) is None
     arch = read_srflow_architecture(state)
     assert (arch['scale'], arch['nb'], arch['K'], arch['L'], arch['splits']) == (8, 8, 16, 4, 2)
     wrapped = {'params': state}
-    assert 'params' in meta_net('CelebA 8X').describe_checkpoint_mismatch(wrapped)
+    assert 'params' in describe_checkpoint_mismatch(meta_net('CelebA 8X'), wrapped)
 
 
 def test_every_trainable_tensor_gets_a_gradient_and_checkpoint_only_ones_are_frozen():

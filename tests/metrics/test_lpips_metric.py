@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import lpips
 import numpy as np
@@ -185,6 +186,33 @@ def test_hub_cache_file_is_used_by_the_default_route(images, offline):
     net = get_lpips_network('alex', device='cpu')
     assert torch.equal(net.net.slice2._modules['3'].weight, state['features.3.weight'])
     assert calculate_lpips(images['a'], images['a'], device='cpu') == pytest.approx(0, abs=1e-6)
+    assert offline == []
+
+
+@pytest.mark.parametrize('net', ['alex', 'squeeze'])
+def test_default_route_builds_the_network_lpips_itself_builds(net, images, offline):
+    """Same hub file: our backbone loading gives lpips' own pretrained network, score for score."""
+    import torchvision
+
+    cached = backbone_hub_cache_path(net)
+    os.makedirs(os.path.dirname(cached))
+    if net == 'alex':
+        _save_alexnet_features(cached, seed=9, full=True)
+    else:
+        generator = torch.Generator().manual_seed(9)
+        full = torchvision.models.squeezenet1_1().state_dict()
+        torch.save({k: torch.randn(v.shape, generator=generator) * 0.05 for k, v in full.items()}, cached)
+    ours = get_lpips_network(net, device='cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # lpips' deprecated pretrained= call
+        theirs = lpips.LPIPS(net=net, verbose=False).eval()  # torchvision reads the hub file itself
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    x = torch.from_numpy(images['a'].transpose(2, 0, 1).copy()).float()[None] / 127.5 - 1
+    y = torch.from_numpy(images['other'].transpose(2, 0, 1).copy()).float()[None] / 127.5 - 1
+    with torch.no_grad():
+        assert torch.equal(ours(x, y), theirs(x, y))
     assert offline == []
 
 

@@ -183,7 +183,7 @@ def cli_run(tmp_path_factory):
     dataset = paired_dataset(data)
     opt = {
         'name': 'protocols',
-        'model_type': 'FlowSRModel',
+        'model_type': 'FlowLikelihoodModel',
         'scale': 4,
         'num_gpu': 0,
         'datasets': {'test_1': dataset},

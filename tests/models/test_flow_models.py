@@ -1,4 +1,4 @@
-"""FlowSRModel (likelihood) and FlowPriorModel (learned prior on a frozen flow), in process."""
+"""FlowLikelihoodModel (likelihood) and FlowPriorModel (learned prior on a frozen flow), in process."""
 
 from __future__ import annotations
 
@@ -8,36 +8,20 @@ import math
 
 import pytest
 import torch
-from conftest import RANDOM_VGG, TINY_PRIOR, TINY_SRFLOW, finalize_options, write_paired_images
+from conftest import (
+    ALL_METRICS,
+    RANDOM_VGG,
+    TINY_PRIOR,
+    TINY_SRFLOW,
+    finalize_options,
+    smooth_batch,
+    train_options,
+    write_paired_images,
+)
 
 from flowprior_plugin.errors import OptionError
+from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
-from flowprior_plugin.models.flow_sr_model import FlowSRModel
-
-METRICS = {
-    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-    'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
-    'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
-    'lpips': {'type': 'calculate_lpips', 'net': 'alex', 'better': 'lower', 'allow_download': False},
-}
-
-
-def _batch(seed: int = 0, n: int = 2, lr: int = 6):
-    g = torch.Generator().manual_seed(seed)
-    gt = torch.nn.functional.interpolate(torch.rand(n, 3, lr, lr, generator=g), scale_factor=4, mode='bicubic')
-    gt = gt.clamp(0, 1)
-    lq = torch.nn.functional.avg_pool2d(gt, 4)
-    return {'lq': lq, 'gt': gt}
-
-
-def _train_opt(**losses) -> dict:
-    return {
-        'ema_decay': 0,
-        'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-        'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
-        'total_iter': 10,
-        **losses,
-    }
 
 
 def prior_model(tmp_path, **overrides) -> FlowPriorModel:
@@ -48,8 +32,8 @@ def prior_model(tmp_path, **overrides) -> FlowPriorModel:
         'network_flow': dict(TINY_SRFLOW),
         'network_g': copy.deepcopy(TINY_PRIOR),
         'path': {},
-        'train': _train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}, perceptual_opt=RANDOM_VGG),
-        'val': {'temperatures': [0.0, 0.8], 'metrics': METRICS},
+        'train': train_options(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}, perceptual_opt=RANDOM_VGG),
+        'val': {'temperatures': [0.0, 0.8], 'metrics': ALL_METRICS},
     }
     opt.update(overrides)
     return FlowPriorModel(finalize_options(opt, tmp_path, is_train=True))
@@ -58,11 +42,11 @@ def prior_model(tmp_path, **overrides) -> FlowPriorModel:
 def _flow_opt() -> dict:
     return {
         'name': 'flow',
-        'model_type': 'FlowSRModel',
+        'model_type': 'FlowLikelihoodModel',
         'scale': 4,
         'network_g': dict(TINY_SRFLOW),
         'path': {},
-        'train': _train_opt(),
+        'train': train_options(),
     }
 
 
@@ -76,7 +60,7 @@ def test_flow_stays_bit_identical_while_prior_learns(tmp_path):
     optimized = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
     assert not optimized & {id(p) for p in model.net_flow.parameters()}
     for step in range(3):
-        model.feed_data(_batch(step))
+        model.feed_data(smooth_batch(step))
         model.optimize_parameters(step + 1)
     assert set(model.log_dict) >= {'l_latent', 'l_percep'}
     assert not model.net_flow.training
@@ -89,8 +73,8 @@ def test_flow_stays_bit_identical_while_prior_learns(tmp_path):
 
 def test_gradient_reaches_prior_through_the_flow_decode(tmp_path):
     # Perceptual loss only: the prior can only learn through the frozen flow's inverse.
-    model = prior_model(tmp_path, train=_train_opt(perceptual_opt=RANDOM_VGG))
-    model.feed_data(_batch())
+    model = prior_model(tmp_path, train=train_options(perceptual_opt=RANDOM_VGG))
+    model.feed_data(smooth_batch())
     model.optimizer_g.zero_grad()
     with torch.no_grad():
         cond = model.net_flow.condition(model.lq)
@@ -121,7 +105,7 @@ def test_latent_channels_come_from_the_flow_and_wrong_ones_are_refused(tmp_path)
 
 def test_needs_a_loss_and_a_known_initial_prior(tmp_path):
     with pytest.raises(OptionError, match='train.latent_opt, train.perceptual_opt, train.pixel_opt'):
-        prior_model(tmp_path, train=_train_opt())
+        prior_model(tmp_path, train=train_options())
     with pytest.raises(OptionError, match="initial_prior.type 'noise'"):
         prior_model(tmp_path, initial_prior={'type': 'noise'})
 
@@ -129,7 +113,7 @@ def test_needs_a_loss_and_a_known_initial_prior(tmp_path):
 @pytest.mark.parametrize('kind', ['zeros', 'gaussian'])
 def test_ablation_initial_priors(tmp_path, kind):
     model = prior_model(tmp_path, initial_prior={'type': kind, 'temperature': 0.5})
-    lq = _batch()['lq']
+    lq = smooth_batch()['lq']
     z0 = model.initial_prior(lq, model.net_flow.condition(lq))
     if kind == 'zeros':
         assert all(torch.count_nonzero(z) == 0 for z in z0)
@@ -173,8 +157,8 @@ def test_validation_compares_prior_with_temperatures(tmp_path):
 
 def test_nll_decreases_during_likelihood_training(tmp_path):
     opt = _flow_opt()
-    model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
-    batch = _batch(seed=3, n=4, lr=4)
+    model = FlowLikelihoodModel(finalize_options(opt, tmp_path, is_train=True))
+    batch = smooth_batch(seed=3, n=4, lr=(4, 4), hr=(16, 16))
     losses = []
     for step in range(25):
         model.feed_data(batch)
@@ -187,27 +171,28 @@ def test_nll_decreases_during_likelihood_training(tmp_path):
 
 def test_actnorm_initialised_from_first_batch_not_over_loaded_weights(tmp_path):
     opt = _flow_opt()
-    model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
+    model = FlowLikelihoodModel(finalize_options(opt, tmp_path, is_train=True))
     actnorm_key = next(k for k in model.net_g.state_dict() if k.endswith('actnorm.bias'))
     assert torch.count_nonzero(model.net_g.state_dict()[actnorm_key]) == 0
-    model.feed_data(_batch())
+    model.feed_data(smooth_batch())
     model.optimize_parameters(1)
     assert torch.count_nonzero(model.net_g.state_dict()[actnorm_key]) > 0
     model.save(epoch=0, current_iter=1)
     saved = tmp_path / 'experiments' / 'flow' / 'models' / 'net_g_1.pth'
     opt['path'] = {'pretrain_network_g': str(saved)}
-    reloaded = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
+    reloaded = FlowLikelihoodModel(finalize_options(opt, tmp_path, is_train=True))
     before = _snapshot(reloaded.net_g)
-    assert reloaded.get_bare_model(reloaded.net_g).initialize_from_batch(_batch(5)['lq'], _batch(5)['gt']) is False
+    other = smooth_batch(5)
+    assert reloaded.get_bare_model(reloaded.net_g).initialize_from_batch(other['lq'], other['gt']) is False
     for key, value in reloaded.net_g.state_dict().items():
         assert torch.equal(value, before[key])
 
 
 def test_ema_copy_is_saved_beside_the_prior(tmp_path):
-    train = _train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}, ema_decay=0.5)
+    train = train_options(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}, ema_decay=0.5)
     model = prior_model(tmp_path, train=train)
     for step in range(2):
-        model.feed_data(_batch(step))
+        model.feed_data(smooth_batch(step))
         model.optimize_parameters(step + 1)
     model.save(epoch=0, current_iter=2)
     saved = torch.load(tmp_path / 'experiments' / 'prior' / 'models' / 'net_g_2.pth', weights_only=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
-from conftest import TINY_HCFLOW, TINY_LINF, TINY_SRFLOW, run_cli, write_paired_images
+from conftest import TINY_HCFLOW, TINY_LINF, TINY_SRFLOW, VAL_METRICS, run_cli, train_options, write_paired_images
 from probe_plugins import install_test_plugin
 
 
@@ -42,19 +42,7 @@ def _common(name: str, model_type: str, data) -> dict:
 
 
 def _train(total_iter: int, **losses) -> dict:
-    return {
-        'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-        'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
-        'total_iter': total_iter,
-        'warmup_iter': -1,
-        **losses,
-    }
-
-
-VAL_METRICS = {
-    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-    'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
-}
+    return train_options(total_iter, warmup_iter=-1, **losses)
 
 
 @pytest.fixture(scope='module')
@@ -74,7 +62,7 @@ def flow_family(request) -> str:
 def trained_flow(tmp_path_factory, tiny_data, flow_family):
     """Stage 1 through ``basicsr train``: a tiny flow by likelihood, validated at 2 temperatures."""
     root = tmp_path_factory.mktemp(f'stage1_{flow_family}')
-    opt = _common('tiny_flow', 'FlowSRModel', tiny_data)
+    opt = _common('tiny_flow', 'FlowLikelihoodModel', tiny_data)
     opt.update(network_g=dict(FLOWS[flow_family]), path={}, train=_train(4))
     opt['val'] = {'val_freq': 1000, 'save_img': True, 'temperatures': [0.0, 0.8], 'metrics': VAL_METRICS}
     (root / 'stage1.yml').write_text(yaml.safe_dump(opt))
@@ -97,9 +85,9 @@ def test_stage1_logs_nll_and_validates_each_temperature(trained_flow):
 
 FLOW_HASH = """
 import hashlib, os
-from flowprior_plugin.models.flow_base import FlowBaseModel
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
-_save = FlowBaseModel.save
+_save = BaseFlowModel.save
 
 
 def save(self, epoch, current_iter):
@@ -110,7 +98,7 @@ def save(self, epoch, current_iter):
         handle.write(digest.hexdigest())
 
 
-FlowBaseModel.save = save
+BaseFlowModel.save = save
 """
 
 
@@ -213,7 +201,7 @@ def test_official_raw_checkpoint_and_mismatch_through_load_network(tmp_path, tin
     other = build_network({**TINY_SRFLOW, 'scale': 8, 'L': 4}).state_dict()
     torch.save(other, tmp_path / 'other.pth')
     for name, key in (('ok', 'raw.pth'), ('bad', 'other.pth')):
-        opt = _common(name, 'FlowSRModel', tiny_data)
+        opt = _common(name, 'FlowLikelihoodModel', tiny_data)
         opt.update(network_g=dict(TINY_SRFLOW), train=_train(1))
         opt['path'] = {'pretrain_network_g': str(tmp_path / key), 'param_key_g': None, 'strict_load_g': True}
         (tmp_path / f'{name}.yml').write_text(yaml.safe_dump(opt))

@@ -1,4 +1,4 @@
-"""LINF through FlowSRModel (likelihood) and FlowPriorModel (learned prior), in process: the
+"""LINF through FlowLikelihoodModel (likelihood) and FlowPriorModel (learned prior), in process: the
 models have no LINF branch, they pass the gt's size as ``out_size`` to an arbitrary-scale flow."""
 
 from __future__ import annotations
@@ -10,47 +10,35 @@ import math
 import pytest
 import torch
 from basicsr.data import build_dataloader, build_dataset
-from conftest import RANDOM_VGG, TINY_LINF, TINY_PRIOR, finalize_options, write_paired_images
+from conftest import (
+    RANDOM_VGG,
+    TINY_LINF,
+    TINY_PRIOR,
+    VAL_METRICS,
+    finalize_options,
+    smooth_batch,
+    train_options,
+    write_paired_images,
+)
 
+from flowprior_plugin.archs.linf_arch import LINFNet
+from flowprior_plugin.flow_protocol import HRWindow
+from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
-from flowprior_plugin.models.flow_sr_model import FlowSRModel
-
-METRICS = {
-    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-    'lr_psnr': {'type': 'calculate_lr_psnr', 'crop_border': 0},
-}
 
 
-def _train_opt(**losses) -> dict:
-    return {
-        'ema_decay': 0,
-        'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-        'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
-        'total_iter': 10,
-        **losses,
-    }
-
-
-def _batch(seed: int = 0, n: int = 2, lr: tuple[int, int] = (6, 6), hr: tuple[int, int] = (24, 24)) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, hr[0] // 4 + 1, hr[1] // 4 + 1, generator=g)
-    gt = torch.nn.functional.interpolate(coarse, size=hr, mode='bicubic').clamp(0, 1)
-    lq = torch.nn.functional.interpolate(gt, size=lr, mode='area')
-    return {'lq': lq, 'gt': gt}
-
-
-def flow_model(tmp_path) -> FlowSRModel:
+def flow_model(tmp_path) -> FlowLikelihoodModel:
     opt = {
         'name': 'linf',
-        'model_type': 'FlowSRModel',
+        'model_type': 'FlowLikelihoodModel',
         'scale': 4,
         'network_g': dict(TINY_LINF),
         'path': {},
-        'train': _train_opt(),
-        'val': {'temperatures': [0.0, 0.8], 'metrics': METRICS},
+        'train': train_options(),
+        'val': {'temperatures': [0.0, 0.8], 'metrics': VAL_METRICS},
     }
     torch.manual_seed(0)
-    return FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
+    return FlowLikelihoodModel(finalize_options(opt, tmp_path, is_train=True))
 
 
 def prior_model(tmp_path, scale: int = 4, **overrides) -> FlowPriorModel:
@@ -61,8 +49,8 @@ def prior_model(tmp_path, scale: int = 4, **overrides) -> FlowPriorModel:
         'network_flow': dict(TINY_LINF),
         'network_g': copy.deepcopy(TINY_PRIOR),
         'path': {},
-        'train': _train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}),
-        'val': {'temperatures': [0.0, 0.8], 'metrics': METRICS},
+        'train': train_options(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}),
+        'val': {'temperatures': [0.0, 0.8], 'metrics': VAL_METRICS},
     }
     opt.update(overrides)
     torch.manual_seed(0)
@@ -90,7 +78,7 @@ def _validate(model, tmp_path, scale: int, hr_size: tuple[int, int]) -> list[dic
 
 def test_likelihood_training_steps_decrease_the_nll(tmp_path):
     model = flow_model(tmp_path)
-    batch = _batch(seed=3, n=4)
+    batch = smooth_batch(seed=3, n=4)
     losses = []
     for step in range(20):
         model.feed_data(batch)
@@ -103,7 +91,7 @@ def test_likelihood_training_steps_decrease_the_nll(tmp_path):
 
 def test_likelihood_training_at_another_scale_uses_the_gt_size(tmp_path):
     model = flow_model(tmp_path)
-    model.feed_data(_batch(lr=(8, 7), hr=(24, 21)))  # x3 pairs for a flow whose default scale is 4
+    model.feed_data(smooth_batch(lr=(8, 7), hr=(24, 21)))  # x3 pairs for a flow whose default scale is 4
     model.optimize_parameters(1)
     assert math.isfinite(float(model.log_dict['l_nll']))
     assert model._out_size() == (24, 21)
@@ -121,12 +109,12 @@ def test_flow_model_validates_at_a_fixed_scale(tmp_path, scale, hr_size):
 
 
 def test_prior_steps_train_the_prior_and_keep_the_flow(tmp_path):
-    model = prior_model(tmp_path, train=_train_opt(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}))
+    model = prior_model(tmp_path, train=train_options(latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}))
     assert model.opt['network_g']['latent_channels'] == [27]
     flow_before = {k: v.clone() for k, v in model.net_flow.state_dict().items()}
     prior_before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
     for step, (lr, hr) in enumerate((((6, 6), (24, 24)), ((8, 7), (24, 21)), ((6, 5), (24, 20)))):
-        model.feed_data(_batch(step, lr=lr, hr=hr))
+        model.feed_data(smooth_batch(step, lr=lr, hr=hr))
         model.optimize_parameters(step + 1)
         assert math.isfinite(float(model.log_dict['l_latent']))
     assert all(torch.equal(v, flow_before[k]) for k, v in model.net_flow.state_dict().items())
@@ -135,7 +123,7 @@ def test_prior_steps_train_the_prior_and_keep_the_flow(tmp_path):
 
 def test_gradient_reaches_the_prior_through_linf_decode(tmp_path):
     model = prior_model(tmp_path)
-    model.feed_data(_batch(lr=(8, 8), hr=(24, 24)))
+    model.feed_data(smooth_batch(lr=(8, 8), hr=(24, 24)))
     out_size = model._out_size()
     assert out_size == (24, 24)
     with torch.no_grad():
@@ -196,7 +184,7 @@ def test_window_batches_train_both_stages(tmp_path):
 
     prior = prior_model(
         tmp_path / 'prior',
-        train=_train_opt(
+        train=train_options(
             latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0},
             perceptual_opt=dict(RANDOM_VGG),
         ),
@@ -216,14 +204,14 @@ def test_fixed_scale_flow_refuses_window_batches_clearly(tmp_path):
     batch = next(iter(_window_loader(tmp_path, gt_size=8, lq_size=6)))
     opt = {
         'name': 'srflow',
-        'model_type': 'FlowSRModel',
+        'model_type': 'FlowLikelihoodModel',
         'scale': 4,
         'network_g': dict(TINY_SRFLOW),
         'path': {},
-        'train': _train_opt(),
+        'train': train_options(),
         'val': {'temperatures': [0.0]},
     }
-    model = FlowSRModel(finalize_options(opt, tmp_path, is_train=True))
+    model = FlowLikelihoodModel(finalize_options(opt, tmp_path, is_train=True))
     with pytest.raises(OptionError, match='fixed-scale flow.*gt_size = lq_size \\* scale'):
         model.feed_data(batch)
 
@@ -237,3 +225,58 @@ def test_window_training_under_data_parallel_asks_for_ddp(tmp_path):
     model.net_g = torch.nn.DataParallel(model.net_g)  # what BasicSR does with num_gpu > 1 and no launcher
     with pytest.raises(OptionError, match='--launcher pytorch'):
         model.optimize_parameters(1)
+
+
+# ---------------------------------------------------------------- padding for an arbitrary-scale flow
+
+
+class EvenSidedLINF(LINFNet):
+    """LINF that takes even LR sides only: an arbitrary-scale flow with ``lr_multiple`` 2."""
+
+    lr_multiple = 2
+
+    def condition(self, lq, normalized=False):
+        if lq.shape[-2] % 2 or lq.shape[-1] % 2:
+            raise ValueError(f'EvenSidedLINF takes even LR sides only, got {tuple(lq.shape)}')
+        return super().condition(lq, normalized)
+
+
+def _even_sided_model(tmp_path) -> tuple[FlowLikelihoodModel, LINFNet]:
+    """A FlowLikelihoodModel predicting with :class:`EvenSidedLINF`, and the plain LINF of the same weights."""
+    model = flow_model(tmp_path)
+    plain = model.net_g.eval()
+    even = EvenSidedLINF(**{k: v for k, v in TINY_LINF.items() if k != 'type'})
+    even.load_state_dict(plain.state_dict())
+    model.net_g = even
+    return model, plain
+
+
+def test_padded_lr_of_an_arbitrary_scale_flow_keeps_the_hr_grid(tmp_path):
+    # LR 21 x 23 is padded to 22 x 24; at x3 the flow decodes 66 x 72 and the 63 x 69 asked for is
+    # cropped: the same HR pixel grid, so away from the padded border it is the unpadded decode.
+    model, plain = _even_sided_model(tmp_path)
+    batch = smooth_batch(lr=(21, 23), hr=(63, 69))
+    model.feed_data(batch)
+    sr = model._predict_cropped(['tau0'], torch.Generator().manual_seed(0))['tau0'][0]
+    assert tuple(sr.shape) == (2, 3, 63, 69)
+    lq = batch['lq']
+    with torch.no_grad():
+        unpadded = plain.decode(lq, plain.sample_latents(lq, 0.0, out_size=(63, 69)), out_size=(63, 69))
+        assert torch.allclose(sr[..., :36, :42], unpadded[..., :36, :42], atol=1e-5)
+        # The HR windows of larger images grow with the LR too; the windows stay where they are.
+        window = HRWindow((9, 9), torch.tensor([[63, 69], [63, 69]]), torch.tensor([[3, 6], [0, 12]]))
+        model.feed_data({**batch, 'gt': batch['gt'][..., :9, :9], 'hr_size': window.full_size, 'window': window.offset})
+        sr = model._predict_cropped(['tau0'], torch.Generator().manual_seed(0))['tau0'][0]
+        expected = plain.decode(lq, plain.sample_latents(lq, 0.0, out_size=window), out_size=window)
+    assert tuple(sr.shape) == (2, 3, 9, 9)
+    assert torch.allclose(sr, expected, atol=1e-5)
+
+
+def test_padded_lr_that_cannot_keep_the_hr_grid_is_refused_in_one_line(tmp_path):
+    model, _ = _even_sided_model(tmp_path)
+    model.feed_data(smooth_batch(lr=(21, 23), hr=(64, 69)))  # 64 * 22 / 21 is no whole pixel count
+    with pytest.raises(ValueError) as info:
+        model.test()
+    message = str(info.value)
+    assert '\n' not in message
+    assert 'EvenSidedLINF (lr_multiple 2)' in message and '(2, 3, 21, 23)' in message, message

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_HCFLOW, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, finalize_options
+from conftest import TINY_HCFLOW, TINY_LINF, TINY_PRIOR, TINY_SRFLOW, finalize_options, train_options
 
 from flowprior_plugin.archs.latent_prior_arch import LatentPriorNet, LatentWindow
 from flowprior_plugin.data.demo_photos import load_photo
@@ -43,13 +43,7 @@ def _prior_model(
         'network_g': copy.deepcopy(TINY_PRIOR),
         'path': {},
         'logger': {'print_freq': 10},
-        'train': {
-            'ema_decay': 0,
-            'optim_g': {'type': 'Adam', 'lr': lr, 'betas': [0.9, 0.99]},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': list(milestones), 'gamma': 0.1},
-            'total_iter': 1000,
-            **losses,
-        },
+        'train': train_options(1000, lr=lr, milestones=milestones, gamma=0.1, **losses),
         'val': {'temperatures': [0.0]},
     }
     torch.manual_seed(0)

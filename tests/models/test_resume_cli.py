@@ -2,7 +2,7 @@
 on an epoch boundary, resumed with ``--auto_resume``, ends bit-identical to an uninterrupted run.
 
 A test plugin (declared under ``basicsr.plugins`` like any plugin) stops the first run right after
-its iteration-2 checkpoint, so the kill always lands at the same place. FlowSRModel resumes the
+its iteration-2 checkpoint, so the kill always lands at the same place. FlowLikelihoodModel resumes the
 same way, but its dequantisation noise comes from the random-number state, which BasicSR neither
 saves nor restores (the resumed run is reseeded with ``manual_seed``): not bit-identical by design.
 """
@@ -24,9 +24,9 @@ from probe_plugins import install_test_plugin
 
 STALL = """
 import os, time
-from flowprior_plugin.models.flow_base import FlowBaseModel
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
-_save = FlowBaseModel.save
+_save = BaseFlowModel.save
 
 
 def save(self, epoch, current_iter):
@@ -36,7 +36,7 @@ def save(self, epoch, current_iter):
         time.sleep(600)  # until the test kills the process
 
 
-FlowBaseModel.save = save
+BaseFlowModel.save = save
 """
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
-from conftest import REPO_ROOT, TINY_PRIOR, TINY_SRFLOW, captured, finalize_options
+from conftest import REPO_ROOT, TINY_PRIOR, TINY_SRFLOW, captured, finalize_options, train_options
 
 from flowprior_plugin.models.flow_prior_model import FlowPriorModel
 
@@ -32,12 +32,7 @@ def _first_step_warnings(tmp_path, hr_side: int, generator: dict) -> list[str]:
         'network_flow': dict(TINY_SRFLOW),
         'network_g': prior,
         'path': {},
-        'train': {
-            'optim_g': {'type': 'Adam', 'lr': 1e-3},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-            'total_iter': 2,
-            'latent_opt': {'type': 'LatentL1Loss', 'loss_weight': 1.0},
-        },
+        'train': train_options(2, milestones=(100,), latent_opt={'type': 'LatentL1Loss', 'loss_weight': 1.0}),
     }
     model = FlowPriorModel(finalize_options(opt, tmp_path, is_train=True))
     gt = torch.rand(2, 3, hr_side, hr_side)

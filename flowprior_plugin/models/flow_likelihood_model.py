@@ -10,12 +10,12 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from flowprior_plugin.errors import OptionError
-from flowprior_plugin.flow_protocol import HRWindow, check_flow_protocol
-from flowprior_plugin.models.flow_base import FlowBaseModel
+from flowprior_plugin.flow_protocol import FlowSRProtocol, HRWindow, check_flow_protocol
+from flowprior_plugin.models.base_flow_model import BaseFlowModel
 
 
 @MODEL_REGISTRY.register()
-class FlowSRModel(FlowBaseModel):
+class FlowLikelihoodModel(BaseFlowModel):
     """Likelihood training of a flow SR network (``network_g``) that implements the flow protocol.
 
     Options beyond BasicSR's SRModel:
@@ -25,7 +25,9 @@ class FlowSRModel(FlowBaseModel):
 
     The flow's data-dependent initialisation (ActNorm) runs on the first training batch, before
     the network is wrapped for multi-GPU training, so every rank starts from rank 0's network.
-    Dequantisation follows the flow's release (``nll(..., dequantize=True)``).
+    Each step calls the (possibly DDP-wrapped) network itself, ``net_g(lq, gt, dequantize=True,
+    out_size=...)``: the protocol's ``forward`` is the likelihood, and DDP synchronises gradients
+    only through ``forward``. Dequantisation follows the flow's release.
     """
 
     def __init__(self, opt):
@@ -34,7 +36,7 @@ class FlowSRModel(FlowBaseModel):
         check_flow_protocol(self.get_bare_model(self.net_g), 'network_g')
 
     @property
-    def flow(self):
+    def flow(self) -> FlowSRProtocol:
         return self.get_bare_model(self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g)
 
     def model_to_device(self, net):
@@ -86,3 +88,7 @@ class FlowSRModel(FlowBaseModel):
         # Call through the (possibly DDP-wrapped) module: forward(lq, gt) is the flow's nll.
         nll = self.net_g(self.lq, self.gt, dequantize=True, out_size=out_size).mean()
         self.apply_loss(self.nll_weight * nll, OrderedDict(l_nll=nll.detach()), current_iter)
+
+
+# Its name until December 2026: option files that say ``model_type: FlowSRModel`` keep working.
+MODEL_REGISTRY._do_register('FlowSRModel', FlowLikelihoodModel)

@@ -1,26 +1,15 @@
 """What both flow models share: LR padding, checkpoint checks, and comparing SR methods.
 
-A flow model evaluates several *methods* on every validation image: temperature sampling at
-each ``val.temperatures`` value (``tau0.9``) and, for the learned prior, ``prior``. Every method
-gets the same metrics, its own images, and a count of images with non-finite pixels (the
-exploding inverse), so a NaN image is counted, not a crash. Test runs also write a per-image CSV
-and a summary table (markdown and JSON) per test set under ``results/<name>/``, and
-``summary.md`` / ``summary.json`` with every test set of the run in one table: its name, scale
-(``test_scale``, else ``scale``) and ``group`` (an optional free label of the dataset options, e.g.
-``in-distribution``), so a test at several scales reads as one comparison.
-
-Datasets that give ``hr_size`` and ``window`` (``ArbitraryScaleSRDataset``) make the gt a window
-of a larger HR image; the models then pass an :class:`~flowprior_plugin.flow_protocol.HRWindow` as
-the flow's ``out_size`` (arbitrary-scale flows only; a fixed-scale flow is refused with a clear
-error).
+A flow model evaluates several *methods* on every validation image (``tau<t>`` temperature
+sampling and, for the learned prior, ``prior``), each with the same metrics, its own images and a
+count of non-finite images; test runs write per-image CSVs and summary tables
+(:mod:`flowprior_plugin.result_tables`). A gt that is a window of a larger HR (``hr_size`` and
+``window`` from ``ArbitraryScaleSRDataset``) reaches the flow as an ``HRWindow`` ``out_size``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import os.path as osp
 from collections import OrderedDict
 from functools import partial
@@ -34,18 +23,15 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from torch import Tensor
 
+from flowprior_plugin.checkpoints import checked_state_dict
 from flowprior_plugin.errors import CheckpointMismatchError, MissingWeightsError, OptionError
-from flowprior_plugin.flow_protocol import HRWindow, OutputSize
+from flowprior_plugin.flow_protocol import FlowSRProtocol, HRWindow, OutputSize, output_hw
+from flowprior_plugin.result_tables import RunTable, format_summary, method_name, summarize, write_test_tables
 from flowprior_plugin.tiling import TileInputs, TileOptions, predict_tiled, predict_whole
 
 DEFAULT_TEMPERATURES = (0.9,)
 # Metrics that score an SR without a GT (computed on LR-only test sets too).
 NO_GT_METRICS = frozenset({'calculate_lr_psnr', 'calculate_grid_seam', 'calculate_grid_periodicity'})
-
-
-def method_name(temperature: float) -> str:
-    """Name of temperature sampling at ``temperature`` in logs, tables and folders."""
-    return f'tau{float(temperature):g}'
 
 
 def pad_to_multiple(lq: Tensor, multiple: int) -> Tensor:
@@ -59,8 +45,42 @@ def pad_to_multiple(lq: Tensor, multiple: int) -> Tensor:
     return F.pad(lq, (0, pad_w, 0, pad_h), mode=mode)
 
 
-class FlowBaseModel(SRModel):
-    """Shared machinery of :class:`FlowSRModel` and :class:`FlowPriorModel` (not registered).
+def padded_out_size(out_size: OutputSize, lq: Tensor, padded_lq: Tensor, flow: FlowSRProtocol) -> OutputSize:
+    """The flow's ``out_size`` for ``padded_lq`` (``lq`` padded at the bottom/right) that puts the
+    asked HR ``out_size`` at its top left, on the same HR pixel grid.
+
+    The padded LR covers more area, so the HR grows by the padded / unpadded ratio of each side:
+    an (H, W) size, or the whole images of :class:`HRWindow` windows (the windows themselves stay
+    where and as large as they are). The scale, and so where every HR pixel samples the LR, is
+    unchanged only when the grown sides are whole pixels.
+
+    Raises:
+        ValueError: A grown side is not a whole number of pixels (one line naming the flow, its
+            ``lr_multiple`` and the LR shape).
+    """
+    lr, padded = tuple(lq.shape[-2:]), tuple(padded_lq.shape[-2:])
+    if out_size is None or padded == lr:
+        return out_size
+    window = out_size if isinstance(out_size, HRWindow) else None
+    full = window.full_size if window is not None else torch.tensor([output_hw(out_size)])
+    grown = full * torch.tensor(padded, device=full.device)
+    lr_sides = torch.tensor(lr, device=full.device)
+    if bool((grown % lr_sides != 0).any()):
+        asked = [tuple(size) for size in full.tolist()]
+        needed = [tuple(round(side, 3) for side in size) for size in (grown / lr_sides).tolist()]
+        raise ValueError(
+            f'{type(flow).__name__} (lr_multiple {flow.lr_multiple}) cannot predict HR {", ".join(map(str, asked))} '
+            f'from an LR of shape {tuple(lq.shape)} exactly: the LR padded to {padded} covers HR '
+            f'{", ".join(map(str, needed))}, not whole pixels; use LR sides that are multiples of {flow.lr_multiple}'
+        )
+    grown = torch.div(grown, lr_sides, rounding_mode='floor')
+    if window is not None:
+        return HRWindow(window.size, grown, window.offset)
+    return int(grown[0, 0]), int(grown[0, 1])
+
+
+class BaseFlowModel(SRModel):
+    """Shared machinery of :class:`FlowLikelihoodModel` and :class:`FlowPriorModel` (not registered).
 
     Subclasses define :attr:`flow`; a model with methods beyond temperature sampling extends
     :meth:`evaluation_methods` and :meth:`method_latents` (and :attr:`evaluated_network`).
@@ -72,12 +92,16 @@ class FlowBaseModel(SRModel):
 
     # ---------------------------------------------------------------- checkpoints
     def _print_different_keys_loading(self, crt_net, load_net, strict=True):
-        # Say what is wrong in one line before BasicSR prints a wall of mismatched keys.
-        describe = getattr(crt_net, 'describe_checkpoint_mismatch', None)
-        if callable(describe):
-            message = describe(load_net)
-            if message:
-                raise CheckpointMismatchError(message)
+        # BasicSR's load_network calls this between reading the file (param_key, 'module.' removed)
+        # and net.load_state_dict(load_net): the one place to put a released layout into ours and
+        # to say what is wrong in one line before BasicSR prints a wall of mismatched keys. The
+        # dict is rewritten in place because BasicSR loads that very object (as it does itself
+        # when it renames reshaped keys here).
+        ours = checked_state_dict(self.get_bare_model(crt_net), load_net, strict)
+        if ours is not load_net:
+            converted = dict(ours)
+            load_net.clear()
+            load_net.update(converted)
         super()._print_different_keys_loading(crt_net, load_net, strict)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
@@ -190,8 +214,8 @@ class FlowBaseModel(SRModel):
             net.train(was_training)
 
     @property
-    def flow(self):
-        """The flow network (bare, unwrapped)."""
+    def flow(self) -> FlowSRProtocol:
+        """The flow network (bare, unwrapped); models call it only through the flow protocol."""
         raise NotImplementedError
 
     def feed_data(self, data):
@@ -244,24 +268,17 @@ class FlowBaseModel(SRModel):
     def _predict_cropped(
         self, methods: list[str], generator: torch.Generator, progress=None
     ) -> dict[str, list[Tensor]]:
+        """:meth:`predict` of the current LR reflect-padded to the flow's ``lr_multiple``, cropped
+        back to the HR asked for (see :func:`padded_out_size`)."""
         flow = self.flow
         lq = pad_to_multiple(self.lq, flow.lr_multiple)
         out_size = self._out_size()
         if out_size is None:
             out_h, out_w = self.lq.shape[-2] * flow.scale, self.lq.shape[-1] * flow.scale
             padded_size = None  # the flow's own lq * scale of the padded LR
-        elif isinstance(out_size, HRWindow):
-            if lq.shape != self.lq.shape:  # an arbitrary-scale flow takes any LR (lr_multiple 1)
-                raise ValueError(f'HR windows need an LR without padding; got an LR of {tuple(self.lq.shape)}')
-            out_h, out_w = out_size.size
-            padded_size = out_size
         else:
-            out_h, out_w = out_size
-            # The padded LR covers more area: ask for the HR of that area (same scale), crop after.
-            padded_size = (
-                math.ceil(out_h * lq.shape[-2] / self.lq.shape[-2]),
-                math.ceil(out_w * lq.shape[-1] / self.lq.shape[-1]),
-            )
+            out_h, out_w = output_hw(out_size)
+            padded_size = padded_out_size(out_size, self.lq, lq, flow)
         with torch.no_grad():
             results = self.predict(lq, methods, generator, out_size=padded_size, progress=progress)
         return {name: [sr[..., :out_h, :out_w] for sr in draws] for name, draws in results.items()}
@@ -328,8 +345,12 @@ class FlowBaseModel(SRModel):
         self._record_metrics(summary, dataset_name, current_iter, metrics_opt, tb_logger)
         logger.info(format_summary(summary, dataset_name, current_iter, skipped))
         if not self.opt['is_train']:
-            self._write_test_tables(rows, summary, dataset_name, skipped)
-            self._write_run_table(dataloader.dataset.opt, summary, skipped)
+            root = self.opt['path']['results_root']
+            csv_path = write_test_tables(root, rows, summary, dataset_name, skipped)
+            logger.info(f'Per-image metrics: {csv_path}; summary: summary_{dataset_name}.md')
+            if not hasattr(self, '_run_table'):  # the first test set of this run
+                self._run_table = RunTable(root, self.opt['name'])
+            self._run_table.add(dataloader.dataset.opt, summary, skipped)
         self.validation_summary = summary
 
     def _metric(self, name: str, metric_opt: dict, data: dict, skipped: dict[str, str]) -> float:
@@ -363,105 +384,12 @@ class FlowBaseModel(SRModel):
                     if key not in ('method', 'images') and not (isinstance(value, float) and math.isnan(value)):
                         tb_logger.add_scalar(f'metrics/{dataset_name}/{entry["method"]}/{key}', value, current_iter)
 
-    def _write_test_tables(self, rows, summary, dataset_name, skipped) -> None:
-        root = self.opt['path']['results_root']
-        os.makedirs(root, exist_ok=True)
-        csv_path = osp.join(root, f'metrics_{dataset_name}.csv')
-        with open(csv_path, 'w', newline='') as handle:
-            # Every column any row has, in first-seen order (only methods with noise have 'diversity').
-            columns = list(dict.fromkeys(key for row in rows for key in row)) or ['image']
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        with open(osp.join(root, f'summary_{dataset_name}.md'), 'w') as handle:
-            handle.write(format_summary(summary, dataset_name, None, skipped, markdown=True))
-        with open(osp.join(root, f'summary_{dataset_name}.json'), 'w') as handle:
-            json.dump({'dataset': dataset_name, 'methods': summary, 'skipped_metrics': skipped}, handle, indent=2)
-        get_root_logger().info(f'Per-image metrics: {csv_path}; summary: summary_{dataset_name}.md')
-
-    def _write_run_table(self, dataset_opt: dict, summary: list[dict], skipped: dict[str, str]) -> None:
-        """``summary.md`` / ``summary.json``: every test set of this run in one table (rewritten after
-        each set), with its scale and its optional ``group`` (e.g. in- / out-of-distribution), so a
-        multi-scale test reads as one comparison."""
-        if not hasattr(self, '_run_rows'):  # the first test set of this run
-            self._run_rows: list[dict] = []
-            self._run_skipped: dict[str, str] = {}
-        scale = _fmt_scale(dataset_opt.get('test_scale', dataset_opt.get('scale')))
-        head = OrderedDict(dataset=dataset_opt['name'], scale=scale, group=str(dataset_opt.get('group', '')))
-        self._run_rows.extend(OrderedDict(**head, **entry) for entry in summary)
-        self._run_skipped.update(skipped)
-        root = self.opt['path']['results_root']
-        with open(osp.join(root, 'summary.json'), 'w') as handle:
-            run = {'name': self.opt['name'], 'rows': self._run_rows, 'skipped_metrics': self._run_skipped}
-            json.dump(run, handle, indent=2)
-        with open(osp.join(root, 'summary.md'), 'w') as handle:
-            handle.write(format_run_table(self._run_rows, self.opt['name'], self._run_skipped))
-
-
-def _fmt_scale(scale) -> str:
-    if scale is None:
-        return ''
-    return f'x{float(scale):g}'
-
-
-def format_run_table(rows: list[dict], name: str, skipped: dict[str, str]) -> str:
-    """Markdown table of every test set and method of a run (the keys of the first row are the columns)."""
-    columns = list(rows[0].keys()) if rows else []
-    lines = [f'# {name}: all test sets', '', '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    for row in rows:
-        lines.append('| ' + ' | '.join(_fmt(row.get(c, math.nan)) for c in columns) + ' |')
-    for metric, reason in skipped.items():
-        lines.append(f'\n{metric} skipped: {reason}')
-    return '\n'.join(lines) + '\n'
-
 
 def sample_diversity(draws: list[Tensor]) -> float:
     """HCFlow's diversity: the per-pixel standard deviation across samples, averaged over the
     image, in 8-bit levels (images clamped to [0, 1] first)."""
     stacked = torch.stack([d.detach().float().nan_to_num(0.0).clamp(0, 1) for d in draws])
     return float(stacked.std(dim=0, unbiased=False).mean() * 255.0)
-
-
-def summarize(rows: list[dict], methods: list[str], metric_names: list[str]) -> list[dict]:
-    """Mean of each metric per method, and the count of images with non-finite pixels."""
-    summary = []
-    for method in methods:
-        mine = [row for row in rows if row['method'] == method]
-        entry = OrderedDict(method=method, images=len(mine))
-        for name in metric_names:
-            values = [row[name] for row in mine if name in row and not math.isnan(row[name])]
-            entry[name] = float(np.mean(values)) if values else math.nan
-        entry['nonfinite'] = sum(not row['finite'] for row in mine)
-        summary.append(entry)
-    return summary
-
-
-def format_summary(
-    summary: list[dict], dataset_name: str, current_iter, skipped: dict[str, str], markdown: bool = False
-) -> str:
-    """The comparison table, as log text or markdown."""
-    if not summary:
-        return f'Validation {dataset_name}: no images'
-    columns = [key for key in summary[0] if key != 'method']
-    header = ['method', *columns]
-    lines = []
-    title = f'Validation {dataset_name}' + (f' @ iter {current_iter}' if current_iter is not None else '')
-    if markdown:
-        lines += [f'# {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    else:
-        lines += [title, '  ' + '  '.join(f'{h:>12}' for h in header)]
-    for entry in summary:
-        cells = [entry['method']] + [_fmt(entry[c]) for c in columns]
-        lines.append('| ' + ' | '.join(cells) + ' |' if markdown else '  ' + '  '.join(f'{c:>12}' for c in cells))
-    for name, reason in skipped.items():
-        lines.append(('' if not markdown else '\n') + f'{name} skipped: {reason}')
-    return '\n'.join(lines) + '\n'
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return 'n/a' if math.isnan(value) else f'{value:.4f}'
-    return str(value)
 
 
 def _nonfinite_ranks(loss: Tensor, opt: dict) -> list[int]:

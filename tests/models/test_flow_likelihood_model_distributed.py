@@ -40,10 +40,10 @@ def _worker(rank: int, world: int, port: int, root: str, queue, family: str) -> 
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
     try:
-        from conftest import TINY_LINF, TINY_SRFLOW, finalize_options
+        from conftest import TINY_LINF, TINY_SRFLOW, finalize_options, train_options
 
         import flowprior_plugin  # noqa: F401
-        from flowprior_plugin.models.flow_sr_model import FlowSRModel
+        from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
 
         torch.manual_seed(100 + rank)  # each rank builds a different random network
         opt = {
@@ -51,14 +51,11 @@ def _worker(rank: int, world: int, port: int, root: str, queue, family: str) -> 
             'scale': 4,
             'network_g': dict(TINY_SRFLOW if family == 'SRFlow' else TINY_LINF),
             'path': {},
-            'train': {
-                'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-                'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-            },
+            'train': train_options(milestones=(100,)),
         }
         opt = finalize_options(opt, Path(root) / f'rank{rank}', is_train=True)
         opt.update(dist=True, rank=rank, world_size=world)
-        model = FlowSRModel(opt)
+        model = FlowLikelihoodModel(opt)
         wrapped_before_first_batch = isinstance(model.net_g, torch.nn.parallel.DistributedDataParallel)
         model.feed_data(_batch(family, rank))  # and sees different data
         bare = model.get_bare_model(model.net_g)
@@ -120,24 +117,21 @@ def _nan_worker(rank: int, world: int, port: int, root: str, queue) -> None:
     try:
         import logging
 
-        from conftest import TINY_SRFLOW, captured, finalize_options
+        from conftest import TINY_SRFLOW, captured, finalize_options, train_options
 
         import flowprior_plugin  # noqa: F401
-        from flowprior_plugin.models.flow_sr_model import FlowSRModel
+        from flowprior_plugin.models.flow_likelihood_model import FlowLikelihoodModel
 
         opt = {
             'name': 'nan',
             'scale': 4,
             'network_g': dict(TINY_SRFLOW),
             'path': {},
-            'train': {
-                'optim_g': {'type': 'Adam', 'lr': 1e-3, 'betas': [0.9, 0.99]},
-                'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
-            },
+            'train': train_options(milestones=(100,)),
         }
         opt = finalize_options(opt, Path(root) / f'rank{rank}', is_train=True)
         opt.update(dist=True, rank=rank, world_size=world)
-        model = FlowSRModel(opt)
+        model = FlowLikelihoodModel(opt)
         sums = []
         with captured(logging.getLogger('basicsr')) as records:
             for step in (1, 2, 3):

@@ -1,7 +1,7 @@
 """The offline end-to-end demo: real photos -> flows by likelihood -> learned priors -> report.
 
-    python -m flowprior_plugin.demo            # about ten minutes on two idle CPU cores
-    python -m flowprior_plugin.demo --quick    # a few iterations per stage, small photos (CI)
+    python -m flowprior_plugin.tools.demo            # about ten minutes on two idle CPU cores
+    python -m flowprior_plugin.tools.demo --quick    # a few iterations per stage, small photos (CI)
 
 Two routes on the same photos, each three stages: SRFlow at x4 (likelihood, learned prior, test),
 then LINF's 3x3-patch model at arbitrary scale (likelihood and learned prior on random scales in
@@ -54,7 +54,7 @@ _ITER_LINE = re.compile(r'iter:\s*([\d,]+).*?\[eta:\s*([^,]+),.*?\]\s*(.*)$')
 
 def default_options_dir() -> Path:
     """``options/demo`` of the source checkout this package is installed from."""
-    return Path(__file__).resolve().parents[1] / 'options' / 'demo'
+    return Path(__file__).resolve().parents[2] / 'options' / 'demo'
 
 
 def say(message: str) -> None:
@@ -147,7 +147,7 @@ def _linf_summary(options: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m flowprior_plugin.demo', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m flowprior_plugin.tools.demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true', help='a few iterations per stage, small photos (CI check)')
     parser.add_argument('--options-dir', type=Path, default=None, help='folder of the demo option files')
     args = parser.parse_args(argv)
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             iters.get(opt_file),  # None for the tests: no iterations to count
         )
 
-    from flowprior_plugin.demo_report import heldout_summary, write_report
+    from flowprior_plugin.tools.report import write_report
+    from flowprior_plugin.tools.report_numbers import heldout_summary
 
     srflow_results, linf_results = Path('results', TEST_NAME), Path('results', LINF_TEST_NAME)
     report_start = time.time()

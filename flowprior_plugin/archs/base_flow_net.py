@@ -1,28 +1,23 @@
 """Behaviour our flow networks share, written once.
 
-- :class:`CheckpointCheckedModule`: strict loading says in one line which architecture a
-  checkpoint holds and which the options build, instead of torch's wall of key names.
-- :class:`FlowNet`: what every flow network of this package shares (the family name its
+- :class:`BaseFlowNet`: what every flow network of this package shares (the family name its
   messages use, the check of a reused conditioning).
 - :class:`ActNormFlowNet`: fixed-scale flows with data-dependent ActNorm (SRFlow, HCFlow): input
   checks, temperature sampling, the learned prior's initial latents, the start of the likelihood,
   initialisation from a first batch, and ``forward`` as the likelihood so DDP-wrapped training
   goes through it.
-- Helpers that read an architecture from a state dict's keys and shapes and describe it.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowprior_plugin.errors import CheckpointMismatchError
 from flowprior_plugin.flow_protocol import FlowCondition, HRWindow, Latents, OutputSize
 from flowprior_plugin.layers.flow_layers import ActNorm, standardize_per_pixel
 from flowprior_plugin.tiling import TileInputs
@@ -43,89 +38,18 @@ def gaussian_latents(
     ]
 
 
-class CheckpointCheckedModule(nn.Module):
-    """A module whose strict ``load_state_dict`` first compares architectures.
-
-    Subclasses set :attr:`family` and implement :meth:`_read_architecture` and
-    :meth:`_describe_architecture`; :meth:`describe_checkpoint_mismatch` builds the message from
-    them. :meth:`_foreign_checkpoint_hint` and :meth:`_mismatch_fix` may add to it.
-
-    Attributes:
-        family (str): The family name in messages ('SRFlow'); the class is ``family + 'Net'``.
-    """
-
-    family: ClassVar[str]
-
-    def _read_architecture(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-        """The architecture fields a state dict reveals (None where it does not reveal one)."""
-        raise NotImplementedError
-
-    def _describe_architecture(self, arch: Mapping[str, Any], differ: Sequence[str]) -> str:
-        """One phrase for ``arch``; ``differ`` names the fields that differ (may be shown too)."""
-        raise NotImplementedError
-
-    def _foreign_checkpoint_hint(self, state_dict: Mapping[str, Any]) -> str:
-        """A parenthesised hint for a state dict with none of our weights that is not a BasicSR
-        wrapper (e.g. another family's checkpoint), or ''."""
-        return ''
-
-    def _mismatch_fix(self, theirs: Mapping[str, Any], differ: Sequence[str]) -> str:
-        """What to change to load a checkpoint of architecture ``theirs``, appended to the message, or ''."""
-        return ''
-
-    def describe_checkpoint_mismatch(self, state_dict: Mapping[str, Any]) -> str | None:
-        """Say which architecture of the family a state dict holds if it is not the one of this network.
-
-        Args:
-            state_dict: A raw state dict (a BasicSR ``{'params': ...}`` wrapper must be unwrapped
-                by the caller).
-
-        Returns:
-            str | None: "checkpoint holds <family> <desc> but the options build <family> <desc>;
-            they differ in ...", or None when the architectures fit.
-        """
-        family = self.family
-        ours = self._read_architecture(self.state_dict())
-        theirs = self._read_architecture(state_dict)
-        if all(v is None for v in theirs.values()):
-            first = ', '.join(repr(k) for k in list(state_dict)[:3])
-            if any(k in state_dict for k in ('params', 'params_ema')):
-                hint = " (it looks like a BasicSR checkpoint: pass state_dict['params'])"
-            else:
-                hint = self._foreign_checkpoint_hint(state_dict)
-            return (
-                f'checkpoint holds no {family} weights{hint}: its keys start with {first or "nothing"}, '
-                f'but the options build {family} {self._describe_architecture(ours, ())}'
-            )
-        differ = [k for k, v in theirs.items() if v is not None and v != ours[k]]
-        if not differ:
-            return None
-        return (
-            f'checkpoint holds {family} {self._describe_architecture(theirs, differ)} but the options build '
-            f'{family} {self._describe_architecture(ours, differ)}; they differ in {", ".join(differ)}'
-            f'{self._mismatch_fix(theirs, differ)}'
-        )
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """As :meth:`torch.nn.Module.load_state_dict`, but with ``strict`` a checkpoint of another
-        configuration raises :class:`CheckpointMismatchError` naming both configurations.
-        ``strict=False`` (a deliberate partial load) is passed on to torch unchanged."""
-        if strict:
-            message = self.describe_checkpoint_mismatch(state_dict)
-            if message is not None:
-                raise CheckpointMismatchError(message)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-class FlowNet(CheckpointCheckedModule):
+class BaseFlowNet(nn.Module):
     """Base of every flow network of this package (SRFlow, HCFlow, LINF).
 
     Attributes:
+        family (str): The family name in messages ('SRFlow'); the class is ``family + 'Net'``.
         condition_type (type[FlowCondition]): What the subclass's ``condition(lq)`` returns.
     """
 
+    family: ClassVar[str]
     condition_type: ClassVar[type[FlowCondition]]
-    # Tiled prediction (flowprior_plugin.tiling) works with every flow of this package.
+    # Tiled prediction (flowprior_plugin.tiling) works with every flow of this package: the
+    # optional tiling hooks of the protocol are below, with defaults a subclass may override.
     supports_tiling: ClassVar[bool] = True
 
     def forward(
@@ -136,7 +60,8 @@ class FlowNet(CheckpointCheckedModule):
         dequantize: bool = False,
         out_size: OutputSize = None,
     ) -> Tensor:
-        """With ``gt``: ``nll`` (so likelihood training can go through DDP's forward); else
+        """The protocol's ``forward``: with ``gt``, ``nll`` (likelihood training calls the
+        DDP-wrapped module, whose gradients DDP synchronises only through ``forward``); else
         ``decode`` of ``latents`` at ``out_size`` (zeros, i.e. temperature 0, when None)."""
         if gt is not None:
             return self.nll(lq, gt, dequantize=dequantize, out_size=out_size)
@@ -212,7 +137,7 @@ class FlowNet(CheckpointCheckedModule):
         return cond
 
 
-class ActNormFlowNet(FlowNet):
+class ActNormFlowNet(BaseFlowNet):
     """Base of fixed-scale flows with ActNorm layers (SRFlow, HCFlow).
 
     Subclasses provide the protocol's ``condition``, ``encode``, ``decode`` and ``nll`` plus
@@ -368,68 +293,3 @@ class ActNormFlowNet(FlowNet):
         finally:
             self.train(was_training)
         return True
-
-
-# ---------------------------------------------------------------------- architecture descriptions
-
-
-def official_options(family: str, configs: Mapping[str, Mapping], common: Mapping, name: str) -> dict:
-    """Constructor arguments of a released config: ``common`` updated by ``configs[name]``.
-
-    Raises:
-        KeyError: ``name`` is not in ``configs`` (the message lists the known ones).
-    """
-    if name not in configs:
-        raise KeyError(f'unknown {family} config {name!r}; known: {", ".join(configs)}')
-    return dict(common, **configs[name])
-
-
-def state_dict_shapes(shapes: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor entry of a state dict, keyed as the original keys.
-
-    Keys BasicSR renamed with a trailing ``.ignore`` (size mismatch) are read like the original
-    key; entries that are neither tensors nor shapes (e.g. a nested dict of a wrapped checkpoint)
-    reveal nothing and are left out.
-    """
-    keys: dict[str, tuple[int, ...]] = {}
-    for key, value in shapes.items():
-        if hasattr(value, 'shape'):
-            shape = tuple(value.shape)
-        elif isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value):
-            shape = tuple(value)
-        else:
-            continue
-        key = str(key)
-        keys[key[: -len('.ignore')] if key.endswith('.ignore') else key] = shape
-    return keys
-
-
-def shape_dim(keys: Mapping[str, tuple[int, ...]], key: str, dim: int) -> int | None:
-    """Size ``dim`` of the tensor at ``key``, or None where there is no such tensor or dimension."""
-    shape = keys.get(key)
-    return shape[dim] if shape is not None and len(shape) > dim else None
-
-
-def key_indices(keys: Mapping[str, Any], pattern: str) -> list[int]:
-    """The distinct integers that ``pattern``'s first group matches at the start of a key, sorted."""
-    return sorted({int(m.group(1)) for m in (re.match(pattern, k) for k in keys) if m})
-
-
-def official_config_name(
-    arch: Mapping[str, Any], official: Mapping[str, Mapping[str, Any]], fields: Sequence[str]
-) -> str | None:
-    """The first released config (name -> constructor arguments) that ``arch`` matches in every
-    one of ``fields``, or None."""
-    for name, options in official.items():
-        if all(arch.get(k) == options[k] for k in fields):
-            return name
-    return None
-
-
-def describe_scaled_architecture(arch: Mapping[str, Any], fields: Sequence[str], official: str | None) -> str:
-    """ "4X, nb=23, K=16 (the official DF2K 4X config)": the scale, then each of ``fields`` the
-    architecture reveals, then the released config it matches, if any."""
-    parts = [f'{arch["scale"]}X' if arch.get('scale') else 'of unknown scale']
-    parts += [f'{k}={arch[k]}' for k in fields if arch.get(k) is not None]
-    text = ', '.join(parts)
-    return f'{text} (the official {official} config)' if official else text
