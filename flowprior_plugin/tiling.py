@@ -228,21 +228,41 @@ def predict_tiled(
     outputs: dict[str, list[Tensor]] = {}
     grid = tile_grid(hr, scale, options, flow.tile_alignment())
     for index, (box, core) in enumerate(grid):
-        inputs = flow.tile_inputs(lq, context, box, hr)
-        top, left = core[0] - box[0], core[2] - box[2]
-        height, width = core[1] - core[0], core[3] - core[2]
-        for name, method in methods.items():
-            mean, tau = method(inputs)
-            for k in range(samples if tau > 0 else 1):
-                if tau > 0 or mean is None:
-                    latents = _add(mean, slice_latents(noise.whole((name, k), tau), box, strides))
-                else:
-                    latents = mean
-                sr = flow.decode(inputs.lq, latents, inputs.cond, inputs.out_size)
-                images = outputs.setdefault(name, [])
-                if len(images) <= k:
-                    images.append(sr.new_empty(sr.shape[0], sr.shape[1], *hr))
-                images[k][..., core[0] : core[1], core[2] : core[3]] = sr[..., top : top + height, left : left + width]
+        _predict_tile(flow, flow.tile_inputs(lq, context, box, hr), core, methods, noise, strides, samples, hr, outputs)
         if progress is not None:
             progress(index + 1, len(grid))
     return outputs
+
+
+def _predict_tile(
+    flow: Any,
+    inputs: TileInputs,
+    core: tuple[int, int, int, int],
+    methods: Mapping[str, Method],
+    noise: _Noise,
+    strides: Sequence[int],
+    samples: int,
+    hr: Sequence[int],
+    outputs: dict[str, list[Tensor]],
+) -> None:
+    """Every method's SR of one tile, its core written into ``outputs``. A function of its own so
+    that the tile's conditioning, means and decodes are freed before the next tile builds its own
+    (otherwise two tiles' conditionings coexist at the peak)."""
+    box = inputs.box
+    top, left = core[0] - box[0], core[2] - box[2]
+    height, width = core[1] - core[0], core[3] - core[2]
+    for name, method in methods.items():
+        mean, tau = method(inputs)
+        for k in range(samples if tau > 0 else 1):
+            latents = (
+                _add(mean, slice_latents(noise.whole((name, k), tau), box, strides))
+                if tau > 0 or mean is None
+                else mean
+            )
+            sr = flow.decode(inputs.lq, latents, inputs.cond, inputs.out_size)
+            images = outputs.setdefault(name, [])
+            if len(images) <= k:
+                images.append(sr.new_empty(sr.shape[0], sr.shape[1], *hr))
+            images[k][..., core[0] : core[1], core[2] : core[3]] = sr[..., top : top + height, left : left + width]
+            del latents, sr
+        del mean

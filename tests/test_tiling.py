@@ -27,7 +27,12 @@ from flowprior_plugin.tiling import (
 TOLERANCE = 1e-4
 # The learned prior's generator (a UNet) sees further than the flow: the target, 1/255.
 PRIOR_TOLERANCE = 1 / 255
-FLOWS = {'SRFlow': (SRFlowNet, TINY_SRFLOW), 'HCFlow': (HCFlowNet, TINY_HCFLOW), 'LINF': (LINFNet, TINY_LINF)}
+FLOWS = {
+    'SRFlow': (SRFlowNet, TINY_SRFLOW),  # tile_rrdb='crop' (the default): the RRDB runs on each box
+    'SRFlow-whole-rrdb': (SRFlowNet, dict(TINY_SRFLOW, tile_rrdb='whole')),
+    'HCFlow': (HCFlowNet, TINY_HCFLOW),
+    'LINF': (LINFNet, TINY_LINF),
+}
 TEMPERATURE_METHODS = {'tau0': lambda tile: (None, 0.0), 'tau0.8': lambda tile: (None, 0.8)}
 
 
@@ -49,7 +54,7 @@ def _both(flow, lq, options, out_size=None, methods=TEMPERATURE_METHODS, samples
 
 @pytest.mark.parametrize(
     ('family', 'out_size'),
-    [('SRFlow', None), ('HCFlow', None), ('LINF', None), ('LINF', (91, 83))],  # LINF at x4 and about x2.3
+    [('SRFlow', None), ('SRFlow-whole-rrdb', None), ('HCFlow', None), ('LINF', None), ('LINF', (91, 83))],
 )
 def test_tiled_equals_whole_for_every_flow(family, out_size):
     flow = _flow(family)
@@ -63,7 +68,7 @@ def test_tiled_equals_whole_for_every_flow(family, out_size):
     assert _max_diff({'a': whole['tau0.8']}, {'a': whole['tau0']}) > 0.01
 
 
-@pytest.mark.parametrize('family', ['SRFlow', 'HCFlow'])
+@pytest.mark.parametrize('family', ['SRFlow', 'SRFlow-whole-rrdb', 'HCFlow'])
 def test_margin_is_what_removes_the_seams(family):
     # Without a margin the tile borders show (the check above is not vacuous); a margin shrinks them.
     flow = _flow(family)
@@ -104,7 +109,7 @@ def test_tile_boxes_have_one_size_and_cover_the_image(length, core, margin, alig
 def test_srflow_tiles_cut_the_whole_images_rrdb_features():
     # The RRDB trunk runs once on the whole LR; a tile's conditionals are the whole image's under
     # its box (exact), which recomputing the RRDB on the tile's own crop would not give.
-    flow = _flow('SRFlow')
+    flow = _flow('SRFlow-whole-rrdb')
     lq = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(1))
     box = (24, 72, 16, 48)  # HR rows 24..72, columns 16..48: LR 6..18, 4..12 (on the 2-pixel grid)
     with torch.no_grad():
@@ -192,3 +197,17 @@ def test_prior_samples_share_one_mean_and_report_diversity(tmp_path):
     assert len(calls) == 2  # once per method, not per sample
     assert sample_diversity(out['prior+0.3']) > 0.1
     assert sample_diversity(out['prior+0.3'][:1] * 2) == 0
+
+
+def test_srflow_tile_rrdb_is_checked_and_adds_no_parameters():
+    with pytest.raises(ValueError, match="tile_rrdb must be 'crop' or 'whole'"):
+        _flow_with(tile_rrdb='band')
+    crop, whole = _flow('SRFlow'), _flow('SRFlow-whole-rrdb')
+    # An inference choice only: the same checkpoint keys and shapes in both modes.
+    assert {k: v.shape for k, v in crop.state_dict().items()} == {k: v.shape for k, v in whole.state_dict().items()}
+    lq = torch.rand(1, 3, 8, 8)
+    assert crop.tile_context(lq, (32, 32)) is None and whole.tile_context(lq, (32, 32)) is not None
+
+
+def _flow_with(**options):
+    return tiny_module(SRFlowNet, {k: v for k, v in dict(TINY_SRFLOW, **options).items() if k != 'type'})

@@ -533,6 +533,12 @@ class SRFlowNet(ActNormFlowNet):
             conditional. Default: (1, 8, 15, 22).
         quant (int): Quantisation levels of the dequantisation noise in :meth:`nll`. Default: 32.
         eps (float): Added to the coupling scales (they never reach 0). Default: 1e-4.
+        tile_rrdb (str): Where tiled prediction gets a tile's RRDB features: ``'crop'`` runs the
+            RRDB on the tile's own LR box (memory flat in the image size; the RRDB's context is
+            cut at the box, which the margin absorbs), ``'whole'`` runs it once on the whole LR
+            and cuts the tile's features from it (exact features; 1.25 KiB per LR pixel kept).
+            Measured trade-off: docs/tiling.md. No parameters: checkpoints are the same.
+            Default: 'crop'.
     """
 
     family = 'SRFlow'
@@ -557,8 +563,12 @@ class SRFlowNet(ActNormFlowNet):
         stacked_blocks: Sequence[int] = (1, 8, 15, 22),
         quant: int = 32,
         eps: float = 1e-4,
+        tile_rrdb: str = 'crop',
     ) -> None:
         super().__init__()
+        if tile_rrdb not in ('crop', 'whole'):
+            raise ValueError(f"SRFlowNet: tile_rrdb must be 'crop' or 'whole', got {tile_rrdb!r}")
+        self.tile_rrdb = tile_rrdb
         if scale < 2 or scale & (scale - 1):
             raise ValueError(f'SRFlowNet: scale must be a power of 2 (2, 4, 8, ...), got {scale}')
         max_levels = int(math.log2(scale)) + 1
@@ -686,19 +696,24 @@ class SRFlowNet(ActNormFlowNet):
         return SRFlowCondition(lq_shape=tuple(lq.shape), features=features, couplings=couplings)
 
     # ------------------------------------------------------------------ tiling hooks
-    def tile_context(self, lq: Tensor, hr_size: Sequence[int]) -> tuple[Tensor, Tensor | None]:
-        """The RRDB trunk of the whole LR, computed once: its receptive field spans hundreds of LR
-        pixels, so a tile cuts the whole image's features (exact) instead of recomputing them on
-        its own crop (which no affordable margin makes exact); only the flow runs per tile. The
-        trunk runs in row bands (:data:`TRUNK_BAND_ROWS`), so only its kept features (320 channels
-        at LR resolution) grow with the image."""
+    def tile_context(self, lq: Tensor, hr_size: Sequence[int]) -> tuple[Tensor, Tensor | None] | None:
+        """With ``tile_rrdb='whole'``: the RRDB trunk of the whole LR, computed once, so a tile cuts
+        the whole image's features (exact: the trunk's receptive field spans hundreds of LR pixels,
+        which no affordable margin covers). It runs in row bands (:data:`TRUNK_BAND_ROWS`), so only
+        its kept features (320 channels at LR resolution) grow with the image. With ``'crop'``:
+        nothing (each tile runs the RRDB on its own box)."""
         self._check_lq(lq)
+        if self.tile_rrdb == 'crop':
+            return None
         return self.RRDB.trunk(lq, band_rows=TRUNK_BAND_ROWS)
 
     def tile_inputs(self, lq: Tensor, context: Any, box: Sequence[int], hr_size: Sequence[int]) -> TileInputs:
         """The LR crop under ``box`` with the conditionals cut from the whole LR's trunk (exact:
         the cut keeps ``_TILE_HALO`` LR pixels more on each side for the local upconvs, then drops
-        them); the couplings' own convolutions see the crop, and the tile's margin absorbs that."""
+        them); the couplings' own convolutions see the crop, and the tile's margin absorbs that.
+        Without a context (``tile_rrdb='crop'``): the crop conditioned on its own, as any flow."""
+        if context is None:
+            return super().tile_inputs(lq, context, box, hr_size)
         top, bottom, left, right = (int(v) // self.scale for v in box)
         h, w = lq.shape[-2:]
         rows = (max(0, top - _TILE_HALO), min(h, bottom + _TILE_HALO))

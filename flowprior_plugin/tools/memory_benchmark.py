@@ -27,8 +27,9 @@ from flowprior_plugin.tools.measure import maxrss_kib, rss_kib, run_in_fresh_pro
 
 MEMORY_SIZES = (64, 128, 256, 512)
 # LR pixels per tile side of the memory benchmark: with the default overlap (8) a tile computes
-# 64x64 LR pixels, the size of the smallest whole case (see docs/tiling.md for the trade-off).
-MEMORY_TILE = 48
+# 80x80 LR pixels. Measured (docs/tiling.md): tiles of 48 (64x64 boxes) recompute 1.89x the pixels
+# of an LR 512 image and miss the time target (1.02); tiles of 64 recompute 1.56x.
+MEMORY_TILE = 64
 # The released SRFlow-LP prior module (UNet depth 3, width 64, no LR encoder), and a tiny one.
 SRFLOW_LP_PRIOR = dict(generator={'type': 'UNet', 'depth': 3, 'width': 64}, prior_features=64, lr_encoder=False)
 TINY_PRIOR_OPTIONS = dict(generator={'type': 'UNet', 'depth': 2, 'width': 8}, prior_features=8, lr_encoder=False)
@@ -46,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument('--tile', type=int, default=MEMORY_TILE, help='--memory: tile size in LR pixels')
     parser.add_argument('--overlap', type=int, default=DEFAULT_OVERLAP, help='--memory: tile overlap in LR pixels')
+    parser.add_argument(
+        '--tile-rrdb',
+        choices=('crop', 'whole'),
+        default='crop',
+        help="--memory: SRFlowNet's tile_rrdb (the RRDB per tile box, or once on the whole LR)",
+    )
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -71,13 +78,20 @@ def build_prior(flow: nn.Module, tiny: bool, seed: int = 0) -> nn.Module:
 
 
 def run_memory_case(
-    mode: str, lr_size: int, threads: int, tiny: bool, seed: int, tile: TileOptions, keep_sr: bool
+    mode: str,
+    lr_size: int,
+    threads: int,
+    tiny: bool,
+    seed: int,
+    tile: TileOptions,
+    keep_sr: bool,
+    tile_rrdb: str = 'crop',
 ) -> dict:
     """One learned-prior prediction (``initial_prior``, prior, ``decode``) of a random LR, ``mode``
     'whole' or 'tiled', in this process: its time (s), peak RSS and increase (KiB), and the SR
     when ``keep_sr``. A 16x16 prediction first warms up the kernels."""
     torch.set_num_threads(threads)
-    flow = build_flow('srflow', tiny, seed)
+    flow = build_flow('srflow', tiny, seed, tile_rrdb=tile_rrdb)
     prior = build_prior(flow, tiny, seed)
 
     def learned_prior(inputs: TileInputs) -> tuple[list[Tensor], float]:
@@ -121,7 +135,7 @@ def memory_main(args: argparse.Namespace) -> int:
     tile = TileOptions(args.tile, args.overlap)
     sizes = args.sizes
     small, middle, large = sizes[0], sizes[-2], sizes[-1]
-    print(arch_line('srflow', args.tiny, args.threads))
+    print(f'{arch_line("srflow", args.tiny, args.threads)}; tile_rrdb={args.tile_rrdb}')
     prior = TINY_PRIOR_OPTIONS if args.tiny else SRFLOW_LP_PRIOR
     print(f'learned prior: LatentPriorNet {prior}{"" if args.tiny else " (the SRFlow-LP release)"}, random weights')
     print(
@@ -145,7 +159,9 @@ def memory_main(args: argparse.Namespace) -> int:
                 )
                 continue
             keep = size == middle
-            r = run_in_fresh_process(mode, size, args.threads, args.tiny, args.seed, tile, keep, target=run_memory_case)
+            r = run_in_fresh_process(
+                mode, size, args.threads, args.tiny, args.seed, tile, keep, args.tile_rrdb, target=run_memory_case
+            )
             results[(mode, size)] = r
             print(
                 f'{size:>7}  {mode:<5}  {r["time_s"]:>9.2f}  {r["time_s"] / size**2 * 1e6:>10.1f}  '
