@@ -143,22 +143,32 @@ def slice_latents(latents: Latents, box: Sequence[int], strides: Sequence[int]) 
 
 
 class _Noise:
-    """Gaussian latents drawn once per (method, sample) for the whole image, sliced per tile.
+    """Gaussian latents drawn once per (method, sample) for the whole image, sliced per tile
+    (``strides``: HR pixels per cell of each level; None: no tiles, the whole latents).
 
     Draws happen in the order the first tile asks for them, which is the order a whole-image
     prediction draws in, so both use the same numbers for the same generator state.
     """
 
-    def __init__(self, flow: Any, lq: Tensor, generator: torch.Generator | None, out_size: OutputSize) -> None:
-        self.flow, self.lq, self.generator, self.out_size = flow, lq, generator, out_size
+    def __init__(
+        self,
+        flow: Any,
+        lq: Tensor,
+        generator: torch.Generator | None,
+        out_size: OutputSize,
+        strides: Sequence[int] | None = None,
+    ) -> None:
+        self.flow, self.lq, self.generator, self.out_size, self.strides = flow, lq, generator, out_size, strides
         self.drawn: dict[tuple[str, int], Latents] = {}
 
-    def whole(self, key: tuple[str, int], temperature: float) -> Latents:
+    def under(self, box: Sequence[int], key: tuple[str, int], temperature: float) -> Latents:
+        """The latents of draw ``key`` under the HR ``box``."""
         if key not in self.drawn:
             self.drawn[key] = self.flow.sample_latents(
                 self.lq, temperature, generator=self.generator, out_size=self.out_size
             )
-        return self.drawn[key]
+        latents = self.drawn[key]
+        return latents if self.strides is None else slice_latents(latents, box, self.strides)
 
 
 def _add(mean: Latents | None, noise: Latents) -> Latents:
@@ -174,22 +184,14 @@ def predict_whole(
     samples: int = 1,
 ) -> dict[str, list[Tensor]]:
     """SR of the whole image per method (a list of ``samples`` draws for methods with noise, one
-    image otherwise); one conditioning and one mean per method serve every sample."""
-    cond = flow.condition(lq)
-    inputs = TileInputs(lq, cond, out_size, (0, 0, 0, 0))
-    results = {}
-    for name, method in methods.items():
-        mean, tau = method(inputs)
-        draws = samples if tau > 0 else 1
-        results[name] = [
-            flow.decode(
-                lq, _add(mean, flow.sample_latents(lq, tau, generator=generator, out_size=out_size)), cond, out_size
-            )
-            if tau > 0 or mean is None
-            else flow.decode(lq, mean, cond, out_size)
-            for _ in range(draws)
-        ]
-    return results
+    image otherwise); one conditioning and one mean per method serve every sample. The whole
+    image is computed as one tile that is its own core."""
+    hr = output_hw(out_size) or (lq.shape[-2] * flow.scale, lq.shape[-1] * flow.scale)
+    whole = (0, hr[0], 0, hr[1])
+    outputs: dict[str, list[Tensor]] = {}
+    noise = _Noise(flow, lq, generator, out_size)
+    _predict_tile(flow, TileInputs(lq, flow.condition(lq), out_size, whole), whole, methods, noise, samples, outputs)
+    return outputs
 
 
 def predict_tiled(
@@ -222,13 +224,12 @@ def predict_tiled(
     if out_size is not None and not isinstance(out_size, (tuple, list)):
         raise ValueError('tiled prediction decodes whole images: out_size must be (H, W) or None, not windows')
     scale = hr[0] / lq.shape[-2]
-    strides = flow.latent_strides()
     context = flow.tile_context(lq, hr)
-    noise = _Noise(flow, lq, generator, out_size)
+    noise = _Noise(flow, lq, generator, out_size, flow.latent_strides())
     outputs: dict[str, list[Tensor]] = {}
     grid = tile_grid(hr, scale, options, flow.tile_alignment())
     for index, (box, core) in enumerate(grid):
-        _predict_tile(flow, flow.tile_inputs(lq, context, box, hr), core, methods, noise, strides, samples, hr, outputs)
+        _predict_tile(flow, flow.tile_inputs(lq, context, box, hr), core, methods, noise, samples, outputs, hr)
         if progress is not None:
             progress(index + 1, len(grid))
     return outputs
@@ -240,13 +241,13 @@ def _predict_tile(
     core: tuple[int, int, int, int],
     methods: Mapping[str, Method],
     noise: _Noise,
-    strides: Sequence[int],
     samples: int,
-    hr: Sequence[int],
     outputs: dict[str, list[Tensor]],
+    hr: Sequence[int] | None = None,
 ) -> None:
-    """Every method's SR of one tile, its core written into ``outputs``. A function of its own so
-    that the tile's conditioning, means and decodes are freed before the next tile builds its own
+    """Every method's SR of one tile, its core written into ``outputs`` (images of ``hr``; None:
+    the tile is the whole image and its SRs are the outputs). A function of its own so that the
+    tile's conditioning, means and decodes are freed before the next tile builds its own
     (otherwise two tiles' conditionings coexist at the peak)."""
     box = inputs.box
     top, left = core[0] - box[0], core[2] - box[2]
@@ -254,15 +255,14 @@ def _predict_tile(
     for name, method in methods.items():
         mean, tau = method(inputs)
         for k in range(samples if tau > 0 else 1):
-            latents = (
-                _add(mean, slice_latents(noise.whole((name, k), tau), box, strides))
-                if tau > 0 or mean is None
-                else mean
-            )
+            latents = _add(mean, noise.under(box, (name, k), tau)) if tau > 0 or mean is None else mean
             sr = flow.decode(inputs.lq, latents, inputs.cond, inputs.out_size)
             images = outputs.setdefault(name, [])
-            if len(images) <= k:
-                images.append(sr.new_empty(sr.shape[0], sr.shape[1], *hr))
-            images[k][..., core[0] : core[1], core[2] : core[3]] = sr[..., top : top + height, left : left + width]
+            if hr is None:
+                images.append(sr)
+            else:
+                if len(images) <= k:
+                    images.append(sr.new_empty(sr.shape[0], sr.shape[1], *hr))
+                images[k][..., core[0] : core[1], core[2] : core[3]] = sr[..., top : top + height, left : left + width]
             del latents, sr
         del mean

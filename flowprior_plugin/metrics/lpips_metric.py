@@ -25,7 +25,6 @@ from flowprior_plugin.pretrained_weights import (
     load_pretrained_state,
     local_weights_file,
     missing_weights_error,
-    weights_url,
 )
 
 # A child of BasicSR's logger, so warnings land in BasicSR's log file during training without
@@ -50,18 +49,6 @@ def _check_net(net: str) -> str:
     if net not in _TORCHVISION_BUILDERS:
         raise OptionError(f'LPIPS net must be one of {sorted(_TORCHVISION_BUILDERS)}, got {net!r}')
     return _TORCHVISION_BUILDERS[net]
-
-
-def backbone_weights_url(net: str = 'alex') -> str:
-    """The URL torchvision downloads the ImageNet backbone of an LPIPS net from.
-
-    Args:
-        net (str): 'alex', 'vgg' or 'squeeze'. Default: 'alex'.
-
-    Returns:
-        str: e.g. https://download.pytorch.org/models/alexnet-owt-7be5be79.pth
-    """
-    return weights_url(_check_net(net))
 
 
 def backbone_hub_cache_path(net: str = 'alex') -> str:

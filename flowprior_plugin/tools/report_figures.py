@@ -28,6 +28,13 @@ LINF_ZOOM = 48  # side of the HR crop shown in the LINF grid (a multiple of the 
 LINF_ENLARGE = 4  # nearest-neighbour enlargement of that crop, so single-pixel seams stay visible
 
 
+def _save(plt, fig, path: Path, dpi: int) -> None:
+    """Lay out, write and close a figure (closed figures free their memory in long reports)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def _pyplot():
     import matplotlib
 
@@ -57,9 +64,7 @@ def plot_metrics_vs_temperature(methods: dict, path: Path) -> None:
         ax.set_title(f'SRFlow: {METRIC_LABELS[metric]} on held-out photos')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def plot_linf_scales(linf: dict, hr: dict, path: Path) -> None:
@@ -92,9 +97,7 @@ def plot_linf_scales(linf: dict, hr: dict, path: Path) -> None:
         ax.set_title(f'LINF: {METRIC_LABELS[metric]} (held-out photos)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def plot_losses(losses: dict[str, dict[str, list[float]]], path: Path) -> None:
@@ -112,9 +115,7 @@ def plot_losses(losses: dict[str, dict[str, list[float]]], path: Path) -> None:
         ax.set_xlabel('logged step')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=100)
 
 
 def pick_photos(per_image: list[dict], count: int = GRID_PHOTOS) -> list[tuple[str, float]]:
@@ -194,6 +195,4 @@ def zoom_grid(
             ax.set_title(caption, fontsize=8)
             ax.axis('off')
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=100)
